@@ -1,0 +1,269 @@
+"""YAML -> validated config objects.
+
+Every error is one line that names the place, ``stages[2] (max_pool 'pool1').kernel_size:
+must be >= 1, got 0 (line 12)``. The top level (``input``, ``output``) is validated here; each
+stage's parameters are validated by its own model in :mod:`poolcli.stages`, through
+:func:`validate_model`, so that every message has the same form.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+
+from poolcli.errors import ConfigError
+
+
+class Model(BaseModel):
+    """Base of every config model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# --- small types shared by the stage models ------------------------------------------------
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def pair(minimum: int = 0):
+    """An int or ``[h, w]`` pair of ints, each ``>= minimum``, normalised to a tuple."""
+
+    def parse(value: Any) -> tuple[int, int]:
+        if _plain_int(value):
+            value = (value, value)
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_plain_int, value)):
+            value = tuple(value)
+        else:
+            raise ValueError(f"must be an integer or a pair [h, w] of integers, got {value!r}")
+        if min(value) < minimum:
+            raise ValueError(f"must be >= {minimum}, got {min(value)}")
+        return value
+
+    schema = {
+        "oneOf": [
+            {"type": "integer", "minimum": minimum},
+            {"type": "array", "items": {"type": "integer", "minimum": minimum}, "minItems": 2, "maxItems": 2},
+        ]
+    }
+    return Annotated[tuple[int, int], BeforeValidator(parse), WithJsonSchema(schema)]
+
+
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+
+
+# --- the top level -------------------------------------------------------------------------
+
+
+class Resize(Model):
+    """Exactly one of ``longest``, ``shortest`` or ``size: [H, W]``."""
+
+    longest: PositiveInt | None = None
+    shortest: PositiveInt | None = None
+    size: pair(1) | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("longest", "shortest", "size") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of longest, shortest or size, got {given or 'none'}")
+        return self
+
+    def target(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) an image of ``height x width`` is resized to (aspect kept for longest/shortest)."""
+        if self.size is not None:
+            return self.size
+        side = max(height, width) if self.longest is not None else min(height, width)
+        scale = (self.longest or self.shortest) / side
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class InputConfig(Model):
+    color: Literal["rgb", "gray"] = "rgb"
+    resize: Resize | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box"] = "bilinear"
+    alpha: Literal["white", "black"] = "white"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+    @model_validator(mode="after")
+    def _mean_std(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both or neither")
+        if self.mean is not None:
+            for key in ("mean", "std"):
+                if len(getattr(self, key)) not in (1, self.channels):
+                    raise ValueError(
+                        f"{key} needs 1 or {self.channels} values for color {self.color}, "
+                        f"got {len(getattr(self, key))}"
+                    )
+            if any(s <= 0 for s in self.std):
+                raise ValueError("std values must be > 0")
+        return self
+
+
+class OutputConfig(Model):
+    normalize: Literal["l2", "none"] | None = None  # None: l2 for descriptors, none for maps
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class PipelineConfig(Model):
+    """The whole config. ``stages`` stay raw dicts here: each is validated by its stage model."""
+
+    name: str | None = None
+    input: InputConfig = InputConfig()
+    stages: list[dict[str, Any]] = Field(min_length=1)
+    output: OutputConfig = OutputConfig()
+    base_dir: Path = Field(default=Path("."), exclude=True)  # relative paths resolve here
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_are_mappings(cls, data):
+        if isinstance(data, dict):
+            stages = data.get("stages")
+            if isinstance(stages, list):
+                for i, stage in enumerate(stages):
+                    if not isinstance(stage, dict):
+                        raise ConfigError(f"stages[{i}]: must be a mapping like {{type: max_pool}}, got {stage!r}")
+        return data
+
+
+# --- validation with one-line messages -------------------------------------------------------
+
+
+def _describe(error: dict, model: type[BaseModel]) -> tuple[tuple, str]:
+    """(location, message) for one pydantic error."""
+    loc = tuple(error["loc"])
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        known = list(_fields_at(model, loc[:-1]))
+        guess = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known keys: {', '.join(known)})"
+        return loc[:-1], f"unknown key '{key}'{hint}"
+    if kind == "missing":
+        return loc, "is required"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return loc, f"must be {op} {bound}, got {value!r}"
+    if kind == "literal_error":
+        return loc, f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind in ("too_short", "too_long"):
+        return loc, error["msg"].replace("List", "list").lower() + f", got {value!r}"
+    if kind == "value_error" or kind == "assertion_error":
+        return loc, str(ctx.get("error", error["msg"]))
+    return loc, f"{error['msg'].lower()}, got {value!r}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names (by alias) of the sub-model at ``loc`` (for "did you mean")."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = getattr(field, "annotation", None) if field else None
+        for candidate in getattr(sub, "__args__", (sub,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def format_loc(loc: tuple) -> str:
+    """``("stages", 2, "kernel_size")`` -> ``stages[2].kernel_size``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validate_model(model: type[BaseModel], data: Any, where: tuple = (), label: str = "", context: dict | None = None):
+    """Validate ``data`` with ``model``; raise a one-line :class:`ConfigError` naming the place.
+
+    ``where`` is the location of ``data`` in the config (``("stages", 2)``) and ``label`` a
+    description put right after it (``" (max_pool 'pool1')"``); ``context`` reaches the
+    model's validators (``base_dir`` for relative file paths).
+    """
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc, message = _describe(error, model)
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
+        head = format_loc(where) + label
+        tail = format_loc(loc)
+        place = f"{head}.{tail}" if head and tail else (head or tail or "config")
+        raise ConfigError(f"{place}: {message}", loc=where + loc) from None
+
+
+# --- YAML ------------------------------------------------------------------------------------
+
+
+def parse_yaml(text: str, source: str = "config") -> Any:
+    """``yaml.safe_load`` with a one-line error that gives the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def line_of(text: str, loc: tuple) -> int | None:
+    """The 1-based line in ``text`` of the value at ``loc`` (None where it cannot be found)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            matches = [(k, v) for k, v in node.value if k.value == part]
+            if not matches:
+                break
+            key, node = matches[0]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def read_config_file(path: str | Path) -> tuple[dict, str]:
+    """The raw mapping and verbatim text of a config file."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: a config is a mapping with at least 'stages', got {kind}")
+    return data, text
+
+
+def load_config(data: dict, base_dir: str | Path = ".") -> PipelineConfig:
+    """Validate the top level of a config mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: must be a mapping with at least 'stages', got {type(data).__name__}")
+    if "stages" not in data:
+        raise ConfigError("config: 'stages' is required: a list of stages such as [{type: gem}]")
+    if isinstance(data.get("stages"), list) and not data["stages"]:
+        raise ConfigError("stages: the list is empty; give at least one stage")
+    return validate_model(PipelineConfig, {**data, "base_dir": Path(base_dir)})

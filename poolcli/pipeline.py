@@ -1,0 +1,255 @@
+"""Pipeline: builds stages from a config, traces shapes and costs, applies stages to a map.
+
+Stages form a small graph: each takes the previous stage's output, or with ``from`` the output
+of any earlier stage (or ``input``). Only the stages the last one depends on are computed, and
+each intermediate map is dropped as soon as its last consumer has run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolcli.config import PipelineConfig, line_of, load_config, read_config_file
+from poolcli.errors import ConfigError, ShapeError
+from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
+
+
+@dataclass(frozen=True)
+class Node:
+    """A stage in the graph: its unique name and the names of the maps it reads."""
+
+    name: str
+    stage: Stage
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """What ``inspect`` prints for one stage."""
+
+    name: str
+    type: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: int
+    macs: int
+    receptive_field: ReceptiveField
+    out_bytes: int
+
+
+class Pipeline:
+    """A validated, ready-to-run pipeline.
+
+    Examples
+    --------
+    >>> pipe = Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 2}, {"type": "gem"}]})
+    >>> [r.out_shape for r in pipe.trace((3, 8, 8))]
+    [(3, 4, 4), (3,)]
+    """
+
+    def __init__(self, config: PipelineConfig, text: str | None = None, source: str | None = None):
+        self.config = config
+        self.text = text  # the YAML as given, when built from a file
+        self.source = source
+        self.nodes = _build_nodes(config)
+        self._needed = _needed(self.nodes)
+        self._last_use = _last_use(self.nodes, self._needed)
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], base_dir: str | Path = ".") -> "Pipeline":
+        """Build from a mapping with the YAML's schema; relative paths resolve against ``base_dir``."""
+        return cls(load_config(copy.deepcopy(data), base_dir))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Pipeline":
+        """Build from a YAML file; errors carry the YAML line where it can be found."""
+        path = Path(path)
+        data, text = read_config_file(path)
+        try:
+            return cls(load_config(data, path.parent), text=text, source=str(path))
+        except ConfigError as exc:
+            line = line_of(text, exc.loc) if exc.loc else None
+            if line is None:
+                raise
+            raise ConfigError(f"{path}:{line}: {exc}", loc=exc.loc) from None
+
+    # --- shapes -----------------------------------------------------------------------------
+
+    @property
+    def input_channels(self) -> int:
+        return self.config.input.channels
+
+    @property
+    def final(self) -> Node:
+        return self.nodes[-1]
+
+    @property
+    def kind(self) -> str:
+        """``descriptors`` when the last stage gives a vector, else ``maps`` (independent of size)."""
+        ranks = {"input": 3}
+        for node in self.nodes:
+            rank = node.stage.output_rank(*(ranks[n] for n in node.inputs))
+            ranks[node.name] = rank
+        return "descriptors" if ranks[self.final.name] == 1 else "maps"
+
+    @property
+    def normalize(self) -> str:
+        return self.config.output.normalize or ("l2" if self.kind == "descriptors" else "none")
+
+    def trace(self, shape: tuple[int, ...]) -> list[TraceRecord]:
+        """One record per stage for an input of ``shape`` ((C, H, W), or (H, W) for C = input
+        channels); raises :class:`ShapeError` naming the first stage that cannot fit. Runs no kernel."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 2:
+            shape = (self.input_channels, *shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ShapeError(f"an input shape is (C, H, W) with every size >= 1, got {shape}")
+        shapes = {"input": shape}
+        fields = {"input": ReceptiveField()}
+        records = []
+        for node in self.nodes:
+            ins = [shapes[n] for n in node.inputs]
+            stage = node.stage
+            try:
+                out = tuple(stage.output_shape(*ins))
+                params, macs = stage.params(*ins), stage.macs(*ins)
+                rf = stage.receptive_field(fields[node.inputs[0]], *ins)
+            except ShapeError as exc:
+                raise ShapeError(f"stage '{node.name}' ({stage.type}): {exc}", stage=node.name) from None
+            shapes[node.name], fields[node.name] = out, rf
+            records.append(TraceRecord(node.name, stage.type, ins[0] if len(ins) == 1 else tuple(ins), out,
+                                       params, macs, rf, 4 * math.prod(out)))
+        return records
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.trace(shape)[-1].out_shape
+
+    # --- running ----------------------------------------------------------------------------
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map.
+
+        Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
+        modified."""
+        x = np.asarray(x)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3:
+            raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
+        self.trace(x.shape)  # every shape problem is found here, before any kernel runs
+        values = {"input": self._standardize(x)}
+        for node in self.nodes:
+            if node.name not in self._needed:
+                continue
+            out = node.stage(*(values[n] for n in node.inputs))
+            values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
+            for name in self._last_use.get(node.name, ()):
+                del values[name]
+        return self._normalize(values[self.final.name])
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        mean, std = self.config.input.mean, self.config.input.std
+        if mean is None:
+            return x
+        if len(mean) not in (1, x.shape[0]):
+            raise ShapeError(f"input.mean has {len(mean)} values but the map has {x.shape[0]} channels")
+        mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+    def _normalize(self, y: np.ndarray) -> np.ndarray:
+        if self.normalize != "l2":
+            return y
+        # Vectors: y / max(||y||, eps) as torch.nn.functional.normalize; maps: per position.
+        axis = 0
+        norm = np.sqrt(np.sum(np.square(y, dtype=np.float64), axis=axis, keepdims=True))
+        return (y / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _build_nodes(config: PipelineConfig) -> list[Node]:
+    nodes: list[Node] = []
+    names = {"input"}
+    context = {"base_dir": config.base_dir}
+    for index, raw in enumerate(config.stages):
+        stage = build_stage(raw, index, context)
+        name = stage.name or f"{stage.type}{index}"
+        where = f"stages[{index}] ({stage.type} '{name}')"
+        if name in names:
+            raise ConfigError(f"{where}.name: '{name}' is already used by an earlier stage", loc=("stages", index, "name"))
+        inputs = _inputs_of(stage, nodes, names, where, index)
+        nodes.append(Node(name, stage, inputs))
+        names.add(name)
+    return nodes
+
+
+def _inputs_of(stage: Stage, nodes: list[Node], names: set[str], where: str, index: int) -> tuple[str, ...]:
+    loc = ("stages", index, "from")
+    source = stage.from_
+    if source is None:
+        if stage.inputs == "many":
+            raise ConfigError(f"{where}.from: {stage.type} takes a list of earlier stages, e.g. from: [a, b]", loc=loc)
+        return (nodes[-1].name if nodes else "input",)
+    listed = [source] if isinstance(source, str) else list(source)
+    if stage.inputs == "many" and (isinstance(source, str) or len(listed) < 1):
+        raise ConfigError(f"{where}.from: {stage.type} takes a list of earlier stages, e.g. from: [a, b]", loc=loc)
+    if stage.inputs != "many" and len(listed) != 1:
+        raise ConfigError(f"{where}.from: {stage.type} takes one input, got {len(listed)}", loc=loc)
+    for name in listed:
+        if name not in names:
+            known = ", ".join(sorted(names)) or "input"
+            raise ConfigError(f"{where}.from: no earlier stage is named '{name}' (earlier: {known})", loc=loc)
+    return tuple(listed)
+
+
+def _needed(nodes: list[Node]) -> set[str]:
+    """Names of the stages the last stage depends on."""
+    by_name = {n.name: n for n in nodes}
+    needed, todo = set(), [nodes[-1].name]
+    while todo:
+        name = todo.pop()
+        if name in needed or name == "input":
+            continue
+        needed.add(name)
+        todo.extend(by_name[name].inputs)
+    return needed
+
+
+def _last_use(nodes: list[Node], needed: set[str]) -> dict[str, list[str]]:
+    """For each stage, the maps that can be freed once it has run."""
+    last: dict[str, str] = {}
+    for node in nodes:
+        if node.name in needed:
+            for name in node.inputs:
+                last[name] = node.name
+    freed: dict[str, list[str]] = {}
+    for name, user in last.items():
+        freed.setdefault(user, []).append(name)
+    return freed
+
+
+def json_schema() -> dict:
+    """The config's JSON Schema, with one sub-schema per stage type (for editor completion)."""
+    schema = PipelineConfig.model_json_schema(by_alias=True)
+    schema["properties"].pop("base_dir", None)
+    variants = []
+    for name, cls in sorted(STAGES.items()):
+        sub = cls.model_json_schema(by_alias=True)
+        sub["properties"]["type"] = {"const": name, "description": cls.summary}
+        sub["required"] = sorted(set(sub.get("required", [])) | {"type"})
+        sub["title"] = name
+        sub["additionalProperties"] = False
+        schema.setdefault("$defs", {}).update(sub.pop("$defs", {}))
+        variants.append(sub)
+    schema["properties"]["stages"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
+    schema["title"] = "poolcli pipeline config"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

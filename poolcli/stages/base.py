@@ -1,0 +1,138 @@
+"""The stage protocol and the registry that maps a config ``type`` to a stage class.
+
+A stage is a small immutable model that holds validated parameters and calls a kernel:
+
+- ``output_shape(shape)``: pure arithmetic, raises :class:`ShapeError` where the stage cannot
+  fit; ``inspect`` uses it and no kernel runs;
+- ``__call__(x)``: float32 C-contiguous in, float32 out; the input is never modified;
+- ``params(shape)``, ``macs(shape)``, ``receptive_field(rf, shape)``: the costs ``inspect``
+  prints.
+
+Multi-input stages (``inputs = "many"``) take several shapes and arrays instead of one.
+Kernels are imported inside ``__call__`` so that building and tracing a pipeline never
+imports numba.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from poolcli.config import Model, validate_model
+from poolcli.errors import ConfigError, ShapeError
+
+STAGES: dict[str, type["Stage"]] = {}
+
+
+def register_stage(*names: str):
+    """Class decorator: make a stage class available under each of ``names`` (first = canonical)."""
+
+    def register(cls):
+        for name in names:
+            if name in STAGES:
+                raise RuntimeError(f"stage type {name!r} registered twice")
+            STAGES[name] = cls
+        cls.type_names = names
+        return cls
+
+    return register
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of one output position: ``size`` input pixels, ``jump`` between
+    neighbouring outputs; ``size=None`` means the whole input (after a global stage)."""
+
+    size: tuple[int, int] | None = (1, 1)
+    jump: tuple[int, int] = (1, 1)
+
+    def through(self, span: tuple[int, int], stride: tuple[int, int]) -> "ReceptiveField":
+        """After a window of ``span`` (dilated kernel) and ``stride``."""
+        if self.size is None:
+            return self
+        size = tuple(r + (k - 1) * j for r, k, j in zip(self.size, span, self.jump))
+        return ReceptiveField(size, tuple(j * s for j, s in zip(self.jump, stride)))
+
+    def __str__(self) -> str:
+        return "global" if self.size is None else f"{self.size[0]}x{self.size[1]}"
+
+
+GLOBAL = ReceptiveField(None)
+
+
+class Stage(Model):
+    """Base of every stage model. ``name`` and ``from`` are accepted by every stage."""
+
+    type: str
+    name: str | None = Field(None, description="unique name; default <type><index>")
+    from_: str | list[str] | None = Field(
+        None, alias="from", description="earlier stage(s) (or 'input') whose output this stage takes"
+    )
+
+    type_names: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[int | str] = 1  # 1, or "many" for stages that take a list
+    summary: ClassVar[str] = ""  # one line for `poolcli stages`
+    makes_vector: ClassVar[bool] = False  # True for map -> vector stages
+
+    def output_rank(self, *ranks: int) -> int:
+        """Rank of the output (3 for a map, 1 for a vector) given the inputs' ranks."""
+        return 1 if self.makes_vector else ranks[0]
+
+    # --- shapes and costs (pure arithmetic) --------------------------------------------------
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def params(self, shape) -> int:
+        """Number of learned or fixed weights the stage holds."""
+        return 0
+
+    def macs(self, shape) -> int:
+        """Multiply-adds (or comparisons) to compute the output, for ``inspect``."""
+        return math.prod(self.output_shape(shape))
+
+    def receptive_field(self, rf: ReceptiveField, shape) -> ReceptiveField:
+        return rf
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+
+    def expect_map(self, shape) -> tuple[int, int, int]:
+        if len(shape) != 3:
+            raise ShapeError(f"{self.type} needs a (C, H, W) feature map, got a vector of length {shape[0]}")
+        return shape
+
+    def expect_vector(self, shape) -> tuple[int]:
+        if len(shape) != 1:
+            raise ShapeError(f"{self.type} needs a vector, got a feature map of shape {tuple(shape)}")
+        return shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def stage_label(raw: dict) -> str:
+    """`` (max_pool 'pool1')`` for messages."""
+    name = raw.get("name")
+    return f" ({raw.get('type')} {name!r})" if name is not None else f" ({raw.get('type')})"
+
+
+def build_stage(raw: dict[str, Any], index: int, context: dict | None = None) -> Stage:
+    """Validate one raw stage mapping with its registered model."""
+    where = ("stages", index)
+    kind = raw.get("type")
+    if kind is None:
+        raise ConfigError(f"stages[{index}]: 'type' is required (see `poolcli stages`)", loc=where)
+    cls = STAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        guess = difflib.get_close_matches(str(kind), STAGES, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else "see `poolcli stages` for the list"
+        raise ConfigError(f"stages[{index}].type: unknown stage type {kind!r} ({hint})", loc=where + ("type",))
+    try:
+        return validate_model(cls, raw, where, stage_label(raw), context=context)
+    except ValueError as exc:  # raised by a stage's own checks outside pydantic
+        raise ConfigError(f"stages[{index}]{stage_label(raw)}: {exc}", loc=where) from None
