@@ -77,9 +77,8 @@ class Pipeline:
             return cls(load_config(data, path.parent), text=text, source=str(path))
         except ConfigError as exc:
             line = line_of(text, exc.loc) if exc.loc else None
-            if line is None:
-                raise
-            raise ConfigError(f"{path}:{line}: {exc}", loc=exc.loc) from None
+            place = f"{path}:{line}" if line else str(path)
+            raise ConfigError(f"{place}: {exc}", loc=exc.loc) from None
 
     # --- shapes -----------------------------------------------------------------------------
 

@@ -85,18 +85,19 @@ class Stage(Model):
 
     # --- shapes and costs (pure arithmetic) --------------------------------------------------
 
-    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def output_shape(self, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def params(self, shape) -> int:
+    def params(self, *shapes) -> int:
         """Number of learned or fixed weights the stage holds."""
         return 0
 
-    def macs(self, shape) -> int:
+    def macs(self, *shapes) -> int:
         """Multiply-adds (or comparisons) to compute the output, for ``inspect``."""
-        return math.prod(self.output_shape(shape))
+        return math.prod(self.output_shape(*shapes))
 
-    def receptive_field(self, rf: ReceptiveField, shape) -> ReceptiveField:
+    def receptive_field(self, rf: ReceptiveField, *shapes) -> ReceptiveField:
+        """The receptive field after this stage, given the one of its (first) input."""
         return rf
 
     # --- helpers for subclasses ---------------------------------------------------------------
@@ -111,7 +112,7 @@ class Stage(Model):
             raise ShapeError(f"{self.type} needs a vector, got a feature map of shape {tuple(shape)}")
         return shape
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 

@@ -1,0 +1,309 @@
+"""The ``poolcli`` command: parse options, call the library, print.
+
+Results go to stdout, progress and messages to stderr. This is the one place that exits:
+:func:`cli_errors` turns every :class:`PoolcliError` into one red line and exit code 1.
+Heavy imports (numba, pyarrow, pydantic) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from poolcli import __version__
+from poolcli.errors import PoolcliError
+
+EXIT_FAILURES = 3
+
+app = typer.Typer(
+    name="poolcli",
+    help="Image feature extraction: convolution and pooling pipelines from YAML, written as "
+    "retrieval descriptors or feature maps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, markup=False, width=None if sys.stdout.isatty() else 200)
+
+
+def error_line(message: str) -> None:
+    from rich.text import Text
+
+    _stderr().print(Text("error: ", style="bold red") + Text(" ".join(str(message).split())))
+
+
+def cli_errors(command):
+    """Run ``command``; a library error becomes one line on stderr and exit 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PoolcliError as exc:
+            error_line(str(exc))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            error_line("interrupted; run the same command again to resume")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            error_line("out of memory; try a smaller input.resize, --max-pixels or --shard-size")
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except BrokenPipeError:  # `poolcli schema | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except Exception as exc:  # a bug: still one line, with what to report
+            error_line(f"internal error ({type(exc).__name__}: {exc}); please report it with the command you ran")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"poolcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
+
+
+def _load(config: Path):
+    from poolcli.pipeline import Pipeline
+
+    return Pipeline.from_yaml(config)
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def run(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder."),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images in parallel [default: min(4, cores)]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Larger images are recorded as failures."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Run the pipeline over images and write descriptors or feature maps to OUT."""
+    from poolcli.runner import run as run_pipeline
+
+    pipeline = _load(config)
+    err = _stderr()
+    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
+        summary = run_pipeline(
+            pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
+            overwrite=overwrite, max_pixels=max_pixels, progress=progress,
+        )
+    _report_run(err, summary)
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILURES)
+
+
+class _progress:
+    """A Rich progress bar on stderr, or nothing; used as the runner's ``progress`` callback."""
+
+    def __init__(self, console, enabled: bool):
+        self.console, self.enabled, self.bar, self.task = console, enabled, None, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        self.bar.start()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("images", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _report_run(console, summary) -> None:
+    from rich.text import Text
+
+    if summary.kind == "descriptors":
+        what = f"{summary.written} descriptors" + (f" of length {summary.dim}" if summary.dim else "")
+    else:
+        shape = summary.map_shape if isinstance(summary.map_shape, list) else None
+        what = f"{summary.written} feature maps" + (f" of shape {'x'.join(map(str, shape))}" if shape else "")
+    rate = summary.written / summary.seconds if summary.seconds else 0.0
+    line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
+    extras = [f"{summary.failed} failed"] if summary.failed else []
+    if summary.skipped:
+        extras.append(f"{summary.skipped} non-image files skipped")
+    if summary.shards_resumed:
+        extras.append(f"{summary.shards_resumed} of {summary.shards} shards already complete")
+    console.print(line + ("; " + ", ".join(extras) if extras else ""))
+    for failure in summary.failures[:10]:
+        console.print(Text(f"  failed: {failure['path']} [{failure['stage']}]: {failure['error']}", style="yellow"))
+    if len(summary.failures) > 10:
+        console.print(f"  ... and {len(summary.failures) - 10} more: see {summary.out}/failures/")
+
+
+# --- inspect ------------------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def inspect(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image (after resize)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
+    pipeline = _load(config)
+    shape, note = _input_shape(pipeline, size, image)
+    records = pipeline.trace(shape)
+    final = records[-1].out_shape
+    if as_json:
+        print(json.dumps({
+            "input": list(shape),
+            "stages": [
+                {"name": r.name, "type": r.type, "in_shape": _listify(r.in_shape), "out_shape": list(r.out_shape),
+                 "params": r.params, "macs": r.macs, "receptive_field": str(r.receptive_field), "out_bytes": r.out_bytes}
+                for r in records
+            ],
+            "kind": pipeline.kind, "output_shape": list(final), "normalize": pipeline.normalize,
+        }, indent=2))
+        return
+    if note:
+        _stderr().print(note)
+    _print_trace(pipeline, shape, records)
+
+
+def _listify(shape):
+    return [list(s) for s in shape] if shape and isinstance(shape[0], tuple) else list(shape)
+
+
+def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | None]:
+    channels = pipeline.input_channels
+    if size is not None and image is not None:
+        raise PoolcliError("give --size or --image, not both")
+    if size is not None:
+        return (channels, *size), None
+    if image is not None:
+        from poolcli.io.images import probe_shape
+
+        return probe_shape(image, pipeline.config.input), None
+    resize = pipeline.config.input.resize
+    if resize is not None and resize.size is not None:
+        return (channels, *resize.size), None
+    side = (resize.longest or resize.shortest) if resize is not None else 512
+    return (channels, side, side), f"assuming a {side}x{side} input (use --size H W or --image PATH)"
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or suffix == "T":
+            return f"{n:.0f}{suffix}{unit}" if suffix == "" else f"{n:.1f}{suffix}{unit}"
+        n /= 1000
+
+
+def _bytes(n: int) -> str:
+    for suffix in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or suffix == "GiB":
+            return f"{n:.0f} {suffix}" if suffix == "B" else f"{n:.1f} {suffix}"
+        n /= 1024
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _print_trace(pipeline, shape, records) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(shape)} input", title_justify="left")
+    for column in ("stage", "type", "output", "params", "MACs", "receptive field", "output size"):
+        table.add_column(column, justify="right" if column in ("params", "MACs", "output size") else "left")
+    for r in records:
+        table.add_row(r.name, r.type, _shape(r.out_shape), _human(r.params), _human(r.macs), str(r.receptive_field), _bytes(r.out_bytes))
+    table.add_section()
+    table.add_row("total", "", "", _human(sum(r.params for r in records)), _human(sum(r.macs for r in records)), "", "")
+    out = _stdout()
+    out.print(table)
+    final = records[-1].out_shape
+    if pipeline.kind == "descriptors":
+        norm = ", L2-normalised" if pipeline.normalize == "l2" else ""
+        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})")
+    else:
+        out.print(f"output: feature map {_shape(final)} ({pipeline.config.output.dtype})")
+
+
+# --- stages, validate, schema ---------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def stages(stage_type: Optional[str] = typer.Argument(None, metavar="TYPE", help="A stage type to explain.")) -> None:
+    """List the stage types, or explain one with a worked example."""
+    from poolcli.explain import describe_stage, stage_list
+
+    out = _stdout()
+    if stage_type is None:
+        for line in stage_list():
+            out.print(line)
+        return
+    out.print(describe_stage(stage_type))
+
+
+@app.command()
+@cli_errors
+def validate(config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML).")) -> None:
+    """Check a config: exit 0 if valid, else one line saying what is wrong."""
+    pipeline = _load(config)
+    kinds = {"descriptors": "descriptors", "maps": "feature maps"}
+    print(f"{config}: valid ({len(pipeline.nodes)} stages, writes {kinds[pipeline.kind]})")
+
+
+@app.command()
+@cli_errors
+def schema() -> None:
+    """Print the config's JSON Schema (for editor completion of YAML)."""
+    from poolcli.pipeline import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+def main() -> None:
+    app(prog_name="poolcli")

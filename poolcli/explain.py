@@ -1,0 +1,90 @@
+"""What ``poolcli stages`` prints: the catalogue, and one stage explained with a worked
+example computed live on the SPEC's 4x4 map."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import textwrap
+
+import numpy as np
+
+from poolcli.errors import ConfigError
+from poolcli.stages import STAGES
+
+# The SPEC's worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
+WORKED_MAP = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.float32)[None]
+
+_COMMON = ("type", "name", "from_")
+
+
+def stage_list() -> list[str]:
+    """One line per stage type (aliases shown beside their canonical name)."""
+    seen, lines = set(), []
+    width = max(len(n) for n in STAGES)
+    for name, cls in sorted(STAGES.items()):
+        if cls in seen:
+            continue
+        seen.add(cls)
+        aliases = [n for n in cls.type_names if n != name]
+        label = name + (f" ({', '.join(aliases)})" if aliases else "")
+        lines.append(f"{label:<{width + 8}} {cls.summary}")
+    lines.append("")
+    lines.append("`poolcli stages TYPE` explains one, with a worked example.")
+    return lines
+
+
+def _lookup(stage_type: str):
+    cls = STAGES.get(stage_type)
+    if cls is None:
+        guess = difflib.get_close_matches(stage_type, STAGES, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else "`poolcli stages` lists them"
+        raise ConfigError(f"unknown stage type {stage_type!r} ({hint})")
+    return cls
+
+
+def _intro(cls) -> str:
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    return doc.split("\n\nExamples")[0].strip()
+
+
+def _parameters(cls) -> list[str]:
+    lines = []
+    for name, field in cls.model_fields.items():
+        if name in _COMMON:
+            continue
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        lines.append(f"  {field.alias or name}: {default}  [{annotation}]")
+        if field.description:
+            lines.extend("      " + line for line in textwrap.wrap(field.description, 88))
+    lines.append("  name, from: accepted by every stage (see SPEC section 3)")
+    return lines
+
+
+def _grid(array: np.ndarray) -> str:
+    return np.array2string(array, precision=4, suppress_small=True, separator=", ", max_line_width=100)
+
+
+def worked_example(stage_type: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(parameters, input, output) of the stage's worked example on the 4x4 map."""
+    cls = _lookup(stage_type)
+    params = {"type": stage_type, **getattr(cls, "example", {})}
+    stage = cls.model_validate(params)
+    x = WORKED_MAP.copy()
+    y = stage(x, x) if cls.inputs == "many" else stage(x)
+    return params, x, y
+
+
+def describe_stage(stage_type: str) -> str:
+    cls = _lookup(stage_type)
+    params, x, y = worked_example(stage_type)
+    shown = ", ".join(f"{k}: {v}" for k, v in params.items())
+    lines = [f"{stage_type}: {cls.summary}", "", _intro(cls), "", "Parameters:", *_parameters(cls), ""]
+    lines.append(f"Worked example: {{{shown}}}")
+    lines.append("  input (1x4x4):" if cls.inputs == 1 else "  input (1x4x4), given twice:")
+    lines.extend("    " + line for line in _grid(x[0]).splitlines())
+    label = "x".join(map(str, y.shape))
+    lines.append(f"  output ({label}):")
+    lines.extend("    " + line for line in _grid(y[0] if y.ndim == 3 and y.shape[0] == 1 else y).splitlines())
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The output folder (SPEC section 5): atomic writes, shards, manifest, resume.
+
+Every file is written under a temporary name in its final folder and renamed into place, so a
+killed run never leaves a file that looks complete. A shard is complete when its
+``stats/part-NNNNN.json`` exists; it is written after the shard's other files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from poolcli.errors import OutputError
+
+FOLDERS = ("descriptors", "maps", "metadata", "failures", "stats")
+FILES = ("manifest.json", "pipeline.yaml")
+# What identifies a run: resuming needs all of these to match.
+IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
+
+
+def part_name(shard: int, suffix: str) -> str:
+    return f"part-{shard:05d}{suffix}"
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(file)`` to a temporary name beside it, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def save_json(path: str | Path, data: dict) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"))
+
+
+def save_parquet(path: str | Path, rows: list[dict], schema) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def metadata_schema(kind: str):
+    import pyarrow as pa
+
+    fields = [
+        ("key", pa.int64()), ("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+        ("mode", pa.string()), ("exif_orientation", pa.int16()), ("sha256", pa.string()),
+        ("shard", pa.int32()), ("row", pa.int32()),
+    ]
+    if kind == "maps":
+        fields.append(("map_file", pa.string()))
+    return pa.schema(fields)
+
+
+def failures_schema():
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.int64()), ("path", pa.string()), ("stage", pa.string()), ("error", pa.string())])
+
+
+# --- the folder --------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """One run's output folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def read_manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{self.manifest_path}: unreadable manifest ({exc}); use --overwrite to start again") from None
+
+    def open(self, manifest: dict, config_text: str, overwrite: bool) -> dict | None:
+        """Make the folder ready for ``manifest``'s run; return the existing manifest when
+        resuming (None for a fresh run). A different run already there is refused unless
+        ``overwrite``, which removes poolcli's files (and nothing else) first."""
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"output {self.path} exists and is not a folder")
+        old = self.read_manifest() if self.path.is_dir() else None
+        if old is not None and overwrite:
+            self.clear()
+            old = None
+        if old is not None:
+            changed = [k for k in IDENTITY if old.get(k) != manifest.get(k)]
+            if changed:
+                what = ", ".join(k.replace("_sha256", "").replace("_", " ") for k in changed)
+                raise OutputError(
+                    f"{self.path} holds another run (different {what}); use --overwrite to replace it, or another folder"
+                )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            unused = "maps" if manifest["kind"] == "descriptors" else "descriptors"
+            for folder in FOLDERS:
+                if folder != unused:
+                    (self.path / folder).mkdir(exist_ok=True)
+            self._remove_temporaries()
+            atomic_write(self.path / "pipeline.yaml", lambda f: f.write(config_text.encode("utf-8")))
+            if old is None:
+                save_json(self.manifest_path, manifest)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
+        return old
+
+    def clear(self) -> None:
+        for folder in FOLDERS:
+            shutil.rmtree(self.path / folder, ignore_errors=True)
+        for name in FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files left by a killed run."""
+        for folder in (self.path, *(self.path / f for f in FOLDERS)):
+            if folder.is_dir():
+                for tmp in folder.rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    def shard_stats(self, shard: int) -> dict | None:
+        """The stats of a complete shard, None if the shard is not complete."""
+        try:
+            return json.loads((self.path / "stats" / part_name(shard, ".json")).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def clear_shard(self, shard: int) -> None:
+        """Remove what a killed run may have left of an incomplete shard."""
+        for folder, suffix in (("descriptors", ".npy"), ("metadata", ".parquet"), ("failures", ".parquet")):
+            (self.path / folder / part_name(shard, suffix)).unlink(missing_ok=True)
+
+    def write_map(self, relative: str, array: np.ndarray) -> str:
+        """Write one image's map under maps/; returns its path relative to the folder."""
+        target = self.path / "maps" / (relative + ".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_npy(target, array)
+        return target.relative_to(self.path).as_posix()
+
+    def write_shard(self, shard: int, kind: str, vectors: np.ndarray | None, rows: list[dict],
+                    failures: list[dict], stats: dict) -> None:
+        """The shard's descriptors, metadata and failures, then its stats (the completion mark).
+        No empty part is written."""
+        if vectors is not None and len(vectors):
+            save_npy(self.path / "descriptors" / part_name(shard, ".npy"), vectors)
+        if rows:
+            save_parquet(self.path / "metadata" / part_name(shard, ".parquet"), rows, metadata_schema(kind))
+        if failures:
+            save_parquet(self.path / "failures" / part_name(shard, ".parquet"), failures, failures_schema())
+        save_json(self.path / "stats" / part_name(shard, ".json"), stats)
+
+
+def read_descriptors(out: str | Path):
+    """All complete descriptor shards of a run folder: an ``[N, D]`` array and the metadata
+    table, row i of one describing row i of the other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = RunFolder(out)
+    manifest = folder.read_manifest()
+    if manifest is None:
+        raise OutputError(f"{out}: no manifest.json; is this a poolcli output folder?")
+    if manifest.get("kind") != "descriptors":
+        raise OutputError(f"{out} holds feature maps, not descriptors (kind: {manifest.get('kind')})")
+    vectors, tables = [], []
+    shards = sorted((folder.path / "stats").glob("part-*.json"))
+    for stats_file in shards:
+        shard = int(stats_file.stem.split("-")[1])
+        npy = folder.path / "descriptors" / part_name(shard, ".npy")
+        if npy.exists():
+            vectors.append(np.load(npy, allow_pickle=False))
+            tables.append(pq.read_table(folder.path / "metadata" / part_name(shard, ".parquet")))
+    dim = manifest.get("dim") or 0
+    if not vectors:
+        return np.zeros((0, dim), np.dtype(manifest.get("dtype", "float32"))), metadata_schema("descriptors").empty_table()
+    return np.concatenate(vectors), pa.concat_tables(tables)

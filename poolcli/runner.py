@@ -1,0 +1,261 @@
+"""``poolcli run``: a pipeline over many inputs, written shard by shard into an output folder.
+
+Inputs are decoded by a pool of threads (Pillow releases the GIL while decoding) a few images
+ahead of the kernels, which run in this thread with Numba's own threads. Shard ``i`` holds
+keys ``[i*S, (i+1)*S)``; a shard is only ever written whole, so a killed run resumes at the
+first incomplete shard and yields exactly the rows of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from poolcli import __version__
+from poolcli.errors import ImageError, PoolcliError, ShapeError
+from poolcli.io.inputs import InputList, collect_inputs
+from poolcli.io.output import RunFolder, save_json
+from poolcli.pipeline import Pipeline
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own limit
+
+
+@dataclass
+class RunSummary:
+    out: str
+    kind: str
+    inputs: int
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+    shards: int = 0
+    shards_resumed: int = 0
+    dim: int | None = None
+    map_shape: list[int] | str | None = None
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)  # of this session, for the CLI to show
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("failures")
+        return data
+
+
+@dataclass
+class _Decoded:
+    key: int
+    array: np.ndarray | None = None
+    info: object = None
+    error: str | None = None
+
+
+def run(
+    pipeline: Pipeline,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    shard_size: int = 10_000,
+    workers: int | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunSummary:
+    """Run ``pipeline`` over ``inputs`` into the folder ``out``; see SPEC section 5.
+
+    ``progress(done, total)`` is called as images are processed. Failures are recorded, not
+    raised; a :class:`PoolcliError` is raised for problems with the run itself.
+    """
+    if shard_size < 1:
+        raise PoolcliError(f"--shard-size must be >= 1, got {shard_size}")
+    if max_pixels < 1:
+        raise PoolcliError(f"--max-pixels must be >= 1, got {max_pixels}")
+    started = time.perf_counter()
+    listing = collect_inputs(inputs, exclude=out)
+    folder = RunFolder(out)
+    manifest = _manifest(pipeline, listing, shard_size)
+    old = folder.open(manifest, _config_text(pipeline), overwrite)
+    if old is not None:
+        manifest.update({k: old.get(k) for k in ("dim", "map_shape")})
+    _set_threads(threads)
+
+    n_shards = -(-len(listing) // shard_size)
+    summary = RunSummary(str(out), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
+    done_stats = {i: s for i in range(n_shards) if (s := folder.shard_stats(i)) is not None}
+    summary.shards_resumed = len(done_stats)
+    pending = [i for i in range(n_shards) if i not in done_stats]
+    for shard in pending:
+        folder.clear_shard(shard)
+
+    done = sum(s["end_key"] - s["first_key"] for s in done_stats.values())
+    if progress:
+        progress(done, len(listing))
+    keys = [k for i in pending for k in range(i * shard_size, min(len(listing), (i + 1) * shard_size))]
+    decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers)
+    try:
+        for shard in pending:
+            end = min(len(listing), (shard + 1) * shard_size)
+            stats = _run_shard(pipeline, listing, folder, manifest, shard, shard * shard_size, end, decoded, summary)
+            done_stats[shard] = stats
+            done += end - shard * shard_size
+            if progress:
+                progress(done, len(listing))
+    finally:
+        decoded.close()
+
+    summary.written = sum(s["written"] for s in done_stats.values())
+    summary.failed = sum(s["failed"] for s in done_stats.values())
+    summary.dim, summary.map_shape = manifest.get("dim"), manifest.get("map_shape")
+    summary.seconds = round(time.perf_counter() - started, 3)
+    manifest.update(complete=True, counts={
+        "inputs": len(listing), "written": summary.written, "failed": summary.failed,
+        "skipped": listing.skipped, "shards": n_shards,
+    })
+    save_json(folder.manifest_path, manifest)
+    return summary
+
+
+def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, shard: int, first: int,
+               end: int, decoded: Iterator[_Decoded], summary: RunSummary) -> dict:
+    started = time.perf_counter()
+    kind, dtype = manifest["kind"], np.dtype(manifest["dtype"])
+    vectors, rows, failures = [], [], []
+
+    def fail(key, stage, error):
+        failures.append({"key": key, "path": listing.files[key], "stage": stage, "error": error})
+
+    for _ in range(first, end):
+        item = next(decoded)
+        key = item.key
+        if item.error is not None:
+            fail(key, "load", item.error)
+            continue
+        try:
+            y = pipeline(item.array)
+        except ShapeError as exc:
+            fail(key, exc.stage or "pipeline", str(exc))
+            continue
+        except PoolcliError as exc:
+            fail(key, "pipeline", str(exc))
+            continue
+        except (ArithmeticError, ValueError, RuntimeError, IndexError) as exc:  # a kernel's own error
+            fail(key, "pipeline", f"{type(exc).__name__}: {exc}")
+            continue
+        row = {
+            "key": key, "path": listing.files[key], "width": item.info.width, "height": item.info.height,
+            "mode": item.info.mode, "exif_orientation": item.info.exif_orientation, "sha256": item.info.sha256,
+            "shard": shard, "row": len(rows),
+        }
+        if kind == "descriptors":
+            if manifest.get("dim") is None:
+                manifest["dim"] = int(y.shape[0])
+                save_json(folder.manifest_path, manifest)
+            if y.shape[0] != manifest["dim"]:
+                fail(key, pipeline.final.name, f"descriptor length {y.shape[0]} differs from the run's {manifest['dim']}")
+                continue
+            vectors.append(y.astype(dtype, copy=False))
+        else:
+            shape = list(y.shape)
+            if manifest.get("map_shape") is None:
+                manifest["map_shape"] = shape
+                save_json(folder.manifest_path, manifest)
+            elif manifest["map_shape"] not in (shape, "varies"):
+                manifest["map_shape"] = "varies"  # maps follow each image's size
+                save_json(folder.manifest_path, manifest)
+            try:
+                row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
+            except OSError as exc:
+                raise PoolcliError(f"cannot write to {folder.path}: {exc.strerror or exc}") from None
+        rows.append(row)
+
+    stacked = np.stack(vectors) if vectors else None
+    stats = {
+        "shard": shard, "first_key": first, "end_key": end, "written": len(rows), "failed": len(failures),
+        "seconds": round(time.perf_counter() - started, 3), "poolcli_version": __version__,
+    }
+    try:
+        folder.write_shard(shard, kind, stacked, rows, failures, stats)
+    except OSError as exc:
+        raise PoolcliError(f"cannot write to {folder.path}: {exc.strerror or exc}") from None
+    summary.failures.extend(failures)
+    return stats
+
+
+class DecodeAhead:
+    """Decode ``keys`` in order on a thread pool, a bounded number of images ahead."""
+
+    def __init__(self, listing: InputList, keys: list[int], pipeline: Pipeline, max_pixels: int, workers: int | None):
+        from poolcli.io.images import decode
+
+        self._decode, self._listing, self._input, self._max_pixels = decode, listing, pipeline.config.input, max_pixels
+        workers = workers or min(4, os.cpu_count() or 1)
+        if workers < 1:
+            raise PoolcliError(f"--workers must be >= 1, got {workers}")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolcli-decode")
+        self._keys = iter(keys)
+        self._queue: deque = deque()
+        for _ in range(2 * workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        key = next(self._keys, None)
+        if key is not None:
+            self._queue.append(self._pool.submit(self._one, key))
+
+    def _one(self, key: int) -> _Decoded:
+        try:
+            array, info = self._decode(self._listing.files[key], self._input, self._max_pixels)
+            return _Decoded(key, array, info)
+        except ImageError as exc:
+            return _Decoded(key, error=str(exc))
+
+    def __next__(self) -> _Decoded:
+        item = self._queue.popleft().result()
+        self._submit()
+        return item
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
+    return {
+        "poolcli_version": __version__,
+        "kind": pipeline.kind,
+        "name": pipeline.config.name,
+        "dim": None,
+        "map_shape": None,
+        "dtype": pipeline.config.output.dtype,
+        "normalize": pipeline.normalize,
+        "config_sha256": hashlib.sha256(_config_text(pipeline).encode("utf-8")).hexdigest(),
+        "input_list_sha256": listing.sha256(),
+        "shard_size": shard_size,
+        "inputs": len(listing),
+        "input_root": listing.root,
+        "complete": False,
+    }
+
+
+def _config_text(pipeline: Pipeline) -> str:
+    if pipeline.text is not None:
+        return pipeline.text
+    return json.dumps(pipeline.config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}), indent=2) + "\n"
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise PoolcliError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
+    numba.set_num_threads(threads)
