@@ -1,0 +1,1 @@
+"""Reading inputs (decoding image files, walking folders) and writing output shards atomically."""

@@ -1,0 +1,335 @@
+"""Decoding one input file into a float32 ``(C, H, W)`` array (SPEC section 2).
+
+The file is read once: its bytes are hashed, then decoded by content whatever the extension
+says. ``.npy`` files are recognised by their magic bytes and taken as they are; everything else
+goes to Pillow, limited to the formats poolcli accepts (PNG, JPEG, BMP, TIFF, WebP, GIF's first
+frame), so that no other Pillow plugin (EPS runs Ghostscript) ever sees an input.
+
+An image then goes through these steps, all in float32 so that 16-bit precision survives:
+
+1. the EXIF orientation is applied (``width`` and ``height`` are reported after it);
+2. the pixels become floats: 8-bit / 255, 16-bit / 65535, float kept (see :func:`_to_float`);
+3. alpha is composited over ``input.alpha`` (white or black);
+4. ``color: gray`` takes the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` (the weights of
+   Pillow's ``L`` conversion), ``color: rgb`` repeats a gray image over three channels;
+5. ``input.resize`` resamples each channel with Pillow's filter on a mode ``F`` image.
+
+Mean and std are not applied here: the pipeline does that.
+
+Thread safety: nothing global is changed per call, and Pillow releases the GIL while it
+decodes, so :func:`decode` is meant to run in a thread pool. For that reason Pillow's own
+process-wide guard, ``PIL.Image.MAX_IMAGE_PIXELS``, is left as it is (setting it per call would
+race): it warns (``DecompressionBombWarning``) above its limit and refuses images above twice
+it. ``max_pixels`` is checked on top of it, from the header, before any pixel is decoded. An
+application that allows larger images than Pillow sets ``PIL.Image.MAX_IMAGE_PIXELS`` once at
+start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+# Importing the plugins registers exactly the formats poolcli reads, so Image.open never has to
+# run Image.init() (which imports every plugin) from a worker thread.
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    ExifTags,
+    GifImagePlugin,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+from poolcli.config import InputConfig
+from poolcli.errors import ImageError
+
+#: The ``--max-pixels`` default: Pillow's own ``MAX_IMAGE_PIXELS``.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+#: Pillow format names tried, in this order. "JPEG" covers camera MPO files too.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+
+NPY_MAGIC = b"\x93NUMPY"
+
+_DEFAULT_INPUT = InputConfig()
+
+# Pillow modes read directly by _to_float, with the value that maps full scale to 1.0. Every
+# other mode (P, PA, YCbCr, RGBX, RGBa, HSV, ...) is first converted by Pillow to RGB or RGBA.
+_FULL_SCALE = {
+    "1": 1.0,
+    "L": 255.0,
+    "LA": 255.0,
+    "RGB": 255.0,
+    "RGBA": 255.0,
+    "CMYK": 255.0,
+    "I;16": 65535.0,
+    "I;16L": 65535.0,
+    "I;16B": 65535.0,
+    "I;16N": 65535.0,
+    "I": 65535.0,
+    "F": 1.0,
+}
+
+# Modes whose values may exceed [0, 1]: the others are clipped back into it after a resize
+# (bicubic and Lanczos overshoot at edges; Pillow clips the same way on 8-bit images).
+_UNBOUNDED_MODES = ("I", "F")
+
+_LUMA = (np.float32(0.299), np.float32(0.587), np.float32(0.114))
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a run records about one decoded input (its metadata row).
+
+    ``width`` and ``height`` are after the EXIF orientation and before any resize; ``mode`` is
+    Pillow's mode as stored in the file (``"RGB"``, ``"P"``, ``"I;16"``, ...) or ``"npy"``;
+    ``exif_orientation`` is 1 when the file has none; ``sha256`` is the hex digest of the file.
+    """
+
+    width: int
+    height: int
+    mode: str
+    exif_orientation: int
+    sha256: str
+
+
+def decode(
+    path: str | PathLike,
+    input_config: InputConfig | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode one file into a float32 ``(C, H, W)`` array, as a run does.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An image (PNG, JPEG, BMP, TIFF, WebP, GIF) or ``.npy`` file, recognised by its content.
+    input_config : InputConfig, optional
+        Colour, alpha background, resize and interpolation; the defaults when omitted (RGB over
+        white, native size). ``.npy`` arrays ignore it: they are taken as they are.
+    max_pixels : int or None
+        Images with more pixels (width x height, read from the header) are refused before they
+        are decoded. None leaves only Pillow's own limit.
+
+    Returns
+    -------
+    array : ndarray, float32, shape (C, H, W)
+        C-contiguous and writable; C is 3 for ``color: rgb``, 1 for ``gray``, as stored for
+        ``.npy``. Integer images are in [0, 1]; float images keep their values.
+    info : ImageInfo
+
+    Raises
+    ------
+    ImageError
+        With a one-line reason: unreadable or empty file, unknown content, truncated or corrupt
+        data, too many pixels, an unusable ``.npy`` array. ``MemoryError`` is not turned into
+        an ImageError: it says the machine is short of memory, not that the file is bad, and a
+        failure row must not depend on how busy the machine was.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     np.save(f"{folder}/a.npy", np.ones((4, 5), np.uint8))
+    ...     array, info = decode(f"{folder}/a.npy")
+    >>> array.shape, array.dtype, info.mode, (info.width, info.height)
+    ((1, 4, 5), dtype('float32'), 'npy', (5, 4))
+    """
+    config = input_config if input_config is not None else _DEFAULT_INPUT
+    data = _read_bytes(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if data.startswith(NPY_MAGIC):
+        array = _decode_npy(data, max_pixels)
+        return array, ImageInfo(array.shape[2], array.shape[1], "npy", 1, sha256)
+    try:
+        color, alpha, mode, orientation = _decode_pixels(data, max_pixels)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageError(f"cannot decode image: {_describe(exc)}") from exc
+    height, width = color.shape[1:]
+    array = _prepare(color, alpha, config, bounded=mode not in _UNBOUNDED_MODES)
+    return array, ImageInfo(width, height, mode, orientation, sha256)
+
+
+def load_image(
+    path: str | PathLike,
+    input_config: InputConfig | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """The float32 ``(C, H, W)`` array of :func:`decode`, without its :class:`ImageInfo`."""
+    return decode(path, input_config, max_pixels)[0]
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _read_bytes(path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or _describe(exc)}") from exc
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
+def _describe(exc: BaseException) -> str:
+    """``"OSError: image file is truncated"``: the type and message on one line."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
+        )
+
+
+def _decode_npy(data: bytes, max_pixels: int | None) -> np.ndarray:
+    """An ``(H, W)`` or ``(C, H, W)`` numeric array, as float32 ``(C, H, W)``, unscaled."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except MemoryError:
+        raise
+    except Exception as exc:  # object arrays (ValueError), truncated data, bad headers
+        raise ImageError(f"cannot load .npy array: {_describe(exc)}") from exc
+    if array.ndim not in (2, 3):
+        raise ImageError(f".npy array has shape {array.shape}; expected (H, W) or (C, H, W)")
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f".npy array has dtype {array.dtype}; expected bool, integer or float values")
+    if array.size == 0:
+        raise ImageError(f".npy array is empty: shape {array.shape}")
+    _check_pixels(array.shape[-1], array.shape[-2], max_pixels)
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    return np.array(array, dtype=np.float32, order="C")
+
+
+def _decode_pixels(data: bytes, max_pixels: int | None):
+    """(color (c, H, W), alpha (H, W) or None, stored mode, EXIF orientation), upright."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError("cannot identify image file: not PNG, JPEG, BMP, TIFF, WebP, GIF or .npy content") from None
+    with image:
+        _check_pixels(image.width, image.height, max_pixels)
+        mode = image.mode
+        image.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
+        orientation = _exif_orientation(image)
+        upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
+        color, alpha = _to_float(upright)
+    return color, alpha, mode, orientation
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 to 8; 1 when absent, invalid, or the EXIF block is unreadable."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # broken EXIF does not make a broken photo: show it as stored
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+# --- pixels to floats ------------------------------------------------------------------------
+
+
+def _to_float(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """The colour channels ``(c, H, W)`` and alpha ``(H, W)`` (None if opaque) as float32.
+
+    ======================  =================================================================
+    mode                    becomes
+    ======================  =================================================================
+    1                       0 or 1
+    L, LA, RGB, RGBA        / 255 (alpha split off); an L or RGB colour key (PNG tRNS) is
+                            turned into alpha by Pillow first
+    CMYK                    ``(1 - C)(1 - K)``, ... per channel, in float (Pillow's formula
+                            without its 8-bit rounding; Adobe's inverted CMYK JPEGs are
+                            un-inverted by Pillow's decoder). ICC profiles are not applied,
+                            as for every mode.
+    I;16, I;16L, I;16B      / 65535
+    I (32-bit int)          / 65535 as well: in the formats read, mode I holds 16-bit samples
+                            (16-bit PNGs in older Pillow, some 16-bit TIFFs), which then equal
+                            their I;16 twins exactly. Genuine 32-bit data keeps its ratios and
+                            may exceed 1, like a float image; the scale never depends on the
+                            pixel values, so all images of one source are scaled alike.
+    F                       kept as is
+    P, PA, YCbCr, ...       converted by Pillow to RGB, or RGBA when there is transparency
+    ======================  =================================================================
+
+    Pillow itself reads 16-bit RGB and gray+alpha PNGs as 8-bit RGB/RGBA, so their low byte
+    is lost before this point.
+    """
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        image = image.convert({"L": "LA", "RGB": "RGBA"}[image.mode])
+    elif image.mode not in _FULL_SCALE:
+        has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    pixels = np.asarray(image)
+    pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
+    values = np.array(pixels, dtype=np.float32, order="C")  # one copy, straight to (c, H, W)
+    scale = _FULL_SCALE[image.mode]
+    if scale != 1.0:
+        values /= np.float32(scale)
+    if image.mode == "CMYK":
+        ink = 1.0 - values
+        return ink[:3] * ink[3], None
+    if image.mode in ("LA", "RGBA"):
+        return values[:-1], values[-1]
+    return values, None
+
+
+def _prepare(color: np.ndarray, alpha: np.ndarray | None, config: InputConfig, bounded: bool) -> np.ndarray:
+    """Composite, convert colour, resize: the float steps after decoding."""
+    if alpha is not None:
+        background = np.float32(1.0 if config.alpha == "white" else 0.0)
+        color = background + (color - background) * alpha
+    if config.color == "gray" and color.shape[0] == 3:
+        color = (_LUMA[0] * color[0] + _LUMA[1] * color[1] + _LUMA[2] * color[2])[np.newaxis]
+    if config.resize is not None:
+        size = config.resize.target(color.shape[1], color.shape[2])
+        color = _resize(color, size, config.interpolation, bounded)
+    if config.color == "rgb" and color.shape[0] == 1:
+        color = np.repeat(color, 3, axis=0)
+    return np.ascontiguousarray(color, dtype=np.float32)
+
+
+def _resize(planes: np.ndarray, size: tuple[int, int], interpolation: str, bounded: bool) -> np.ndarray:
+    """Each ``(H, W)`` plane resampled to ``size`` (H, W) by Pillow on a float32 ``F`` image."""
+    height, width = size
+    if planes.shape[1:] == (height, width):
+        return planes
+    resample = _RESAMPLE[interpolation]
+    resized = np.stack([np.asarray(Image.fromarray(plane).resize((width, height), resample)) for plane in planes])
+    if bounded:
+        np.clip(resized, 0.0, 1.0, out=resized)
+    return resized
