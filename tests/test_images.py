@@ -16,7 +16,7 @@ from PIL import Image
 from fixtures import HUGE_SIZE, PHOTO, SAMPLE_IMAGES, black_png, make_awkward_folder, photo, photo_luma
 from poolcli.config import InputConfig
 from poolcli.errors import ImageError
-from poolcli.io.images import DEFAULT_MAX_PIXELS, decode, load_image
+from poolcli.io.images import DEFAULT_MAX_PIXELS, decode, load_image, probe_shape
 
 GRAY = InputConfig(color="gray")
 BLACK = InputConfig(alpha="black")
@@ -385,6 +385,25 @@ def test_corrupt_png_data(tmp_path):
     (tmp_path / "corrupt.png").write_bytes(bytes(data))
     with pytest.raises(ImageError, match=r"^cannot decode image: "):
         decode(tmp_path / "corrupt.png")
+
+
+@pytest.mark.parametrize("name", ["exif_rotated.jpg", "gray16.png", "cmyk.jpg", "array.npy", "rgba.png"])
+@pytest.mark.parametrize("config", [InputConfig(), InputConfig(color="gray", resize={"shortest": 50})])
+def test_probe_shape_is_the_decoded_shape(files, name, config):
+    assert probe_shape(files[name], config) == decode(files[name], config)[0].shape
+
+
+@pytest.mark.parametrize("name", ["empty.png", "not_an_image.jpg", "notes.txt"])
+def test_probe_shape_refuses_what_decode_refuses(files, name):
+    with pytest.raises(ImageError):
+        probe_shape(files[name])
+
+
+@ignore_bomb_warning
+def test_probe_shape_reads_only_the_header(tmp_path):
+    path = tmp_path / "header_only.png"
+    path.write_bytes(black_png(HUGE_SIZE, HUGE_SIZE, pixels=False))
+    assert probe_shape(path, GRAY) == (1, HUGE_SIZE, HUGE_SIZE)
 
 
 def test_decoding_in_threads_gives_the_same_arrays(files):

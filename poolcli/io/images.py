@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -169,12 +170,8 @@ def decode(
     if data.startswith(NPY_MAGIC):
         array = _decode_npy(data, max_pixels)
         return array, ImageInfo(array.shape[2], array.shape[1], "npy", 1, sha256)
-    try:
+    with _pillow_errors():
         color, alpha, mode, orientation = _decode_pixels(data, max_pixels)
-    except (ImageError, MemoryError):
-        raise
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageError(f"cannot decode image: {_describe(exc)}") from exc
     height, width = color.shape[1:]
     array = _prepare(color, alpha, config, bounded=mode not in _UNBOUNDED_MODES)
     return array, ImageInfo(width, height, mode, orientation, sha256)
@@ -187,6 +184,25 @@ def load_image(
 ) -> np.ndarray:
     """The float32 ``(C, H, W)`` array of :func:`decode`, without its :class:`ImageInfo`."""
     return decode(path, input_config, max_pixels)[0]
+
+
+def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` that :func:`decode` returns for ``path``, without decoding its pixels.
+
+    Reads the header (size and EXIF orientation) and applies ``input_config``'s colour and
+    resize; a ``.npy`` array's own shape. Raises :class:`ImageError` as :func:`decode` does.
+    """
+    config = input_config if input_config is not None else _DEFAULT_INPUT
+    data = _read_bytes(path)
+    if data.startswith(NPY_MAGIC):
+        return _decode_npy(data, None).shape
+    with _pillow_errors(), _open_image(data) as image:
+        width, height = image.size
+        if _exif_orientation(image) in (5, 6, 7, 8):  # the transposes and quarter turns
+            width, height = height, width
+    if config.resize is not None:
+        height, width = config.resize.target(height, width)
+    return config.channels, height, width
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -206,6 +222,17 @@ def _describe(exc: BaseException) -> str:
     """``"OSError: image file is truncated"``: the type and message on one line."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+@contextmanager
+def _pillow_errors():
+    """Any exception from Pillow becomes a one-line ImageError, MemoryError excepted."""
+    try:
+        yield
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageError(f"cannot decode image: {_describe(exc)}") from exc
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -235,13 +262,17 @@ def _decode_npy(data: bytes, max_pixels: int | None) -> np.ndarray:
     return np.array(array, dtype=np.float32, order="C")
 
 
-def _decode_pixels(data: bytes, max_pixels: int | None):
-    """(color (c, H, W), alpha (H, W) or None, stored mode, EXIF orientation), upright."""
+def _open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy image (header read, no pixels yet) for one of the accepted formats."""
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError("cannot identify image file: not PNG, JPEG, BMP, TIFF, WebP, GIF or .npy content") from None
-    with image:
+
+
+def _decode_pixels(data: bytes, max_pixels: int | None):
+    """(color (c, H, W), alpha (H, W) or None, stored mode, EXIF orientation), upright."""
+    with _open_image(data) as image:
         _check_pixels(image.width, image.height, max_pixels)
         mode = image.mode
         image.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
