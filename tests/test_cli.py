@@ -1,0 +1,123 @@
+"""The command line: Typer's CliRunner for the quick commands, real subprocesses for runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import poolcli
+from poolcli.cli import app
+
+ROOT = Path(__file__).parent.parent
+SAMPLES = ROOT / "sample_images"
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+runner = CliRunner()
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "poolcli", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"poolcli {poolcli.__version__}"
+
+
+def test_stages_lists_every_type():
+    from poolcli.stages import STAGES
+
+    result = runner.invoke(app, ["stages"])
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line and not line.startswith("`")}
+    assert listed == {cls.type_names[0] for cls in STAGES.values()}
+
+
+def test_stages_type_shows_the_spec_example():
+    result = runner.invoke(app, ["stages", "max_pool"])
+    assert result.exit_code == 0
+    assert "kernel_size" in result.stdout and "[[6., 4.]," in result.stdout and "[4., 5.]]" in result.stdout
+
+
+def test_stages_unknown_type():
+    result = runner.invoke(app, ["stages", "max_pol"])
+    assert result.exit_code == 1 and "did you mean 'max_pool'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stages: [{type: nopool}]", "unknown stage type 'nopool'"),
+        ("stages: [{type: max_pool, kernal_size: 2}]", "unknown key 'kernal_size' (did you mean 'kernel_size'?)"),
+        ("stages: [{type: max_pool, kernel_size: 0}]", "kernel_size: must be >= 1, got 0"),
+        ("stages: [{type: max_pool, kernel_size: 2}", "invalid YAML"),
+        ("name: empty", "'stages' is required"),
+    ],
+)
+def test_bad_config_exits_1_with_one_line(tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    for command in (["validate", config], ["inspect", config], ["run", config, SAMPLES, "-o", tmp_path / "out"]):
+        result = cli(*command)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+        assert result.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_error_exits_2(tmp_path):
+    assert runner.invoke(app, ["run"]).exit_code == 2
+    assert runner.invoke(app, ["inspect", str(CONFIGS[0]), "--size", "3"]).exit_code == 2
+
+
+def test_schema_is_json():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["properties"]["stages"]["type"] == "array"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_inspect_and_validate_shipped_configs(config):
+    assert runner.invoke(app, ["validate", str(config)]).exit_code == 0
+    result = runner.invoke(app, ["inspect", str(config), "--size", "300", "200"])
+    assert result.exit_code == 0, result.output
+    assert "output:" in result.stdout and "receptive field" in result.stdout
+    data = json.loads(runner.invoke(app, ["inspect", str(config), "--size", "300", "200", "--json"]).stdout)
+    assert data["input"][1:] == [300, 200] and len(data["stages"]) >= 1
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_run_every_shipped_config_on_the_sample_images(tmp_path, config):
+    out = tmp_path / "out"
+    result = cli("run", config, SAMPLES, "-o", out, "--json", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    n_images = len([p for p in SAMPLES.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")])
+    assert summary["written"] == n_images and summary["failed"] == 0 and summary["skipped"] == 1  # SOURCES.md
+    assert (out / "pipeline.yaml").read_text() == config.read_text()
+    assert (out / "stats" / "part-00000.json").exists()
+    meta = pq.read_table(out / "metadata" / "part-00000.parquet").to_pylist()
+    for row in meta:  # inspect --image promises the shape the run wrote
+        traced = json.loads(runner.invoke(app, ["inspect", str(config), "--image", row["path"], "--json"]).stdout)
+        if summary["kind"] == "maps":
+            assert list(np.load(out / row["map_file"]).shape) == traced["output_shape"]
+        else:
+            assert [summary["dim"]] == traced["output_shape"]
+    if summary["kind"] == "descriptors":
+        vectors, table = poolcli.read_descriptors(out)
+        assert vectors.shape == (n_images, summary["dim"]) and table.num_rows == n_images
+    # the same command again resumes: nothing to do, same result
+    again = cli("run", config, SAMPLES, "-o", out, "--json", "--no-progress")
+    assert again.returncode == 0 and json.loads(again.stdout)["shards_resumed"] == 1
+
+
+def test_run_refuses_another_config_in_the_same_folder(tmp_path):
+    out = tmp_path / "out"
+    assert cli("run", CONFIGS[0], SAMPLES / "camera.png", "-o", out).returncode == 0
+    result = cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out)
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out, "--overwrite").returncode == 0

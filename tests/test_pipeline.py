@@ -1,0 +1,108 @@
+"""The pipeline: tracing without kernels, applying stages, the graph, normalisation."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import naive
+from poolcli import Pipeline, ShapeError
+
+
+def test_trace_equals_the_real_output_shapes(rng):
+    pipe = Pipeline.from_config({"output": {"normalize": "none"}, "stages": [
+        {"type": "max_pool", "kernel_size": 3, "stride": 2, "padding": 1, "name": "a"},
+        {"type": "avg_pool", "kernel_size": 2, "ceil_mode": True},
+        {"type": "spp", "levels": [1, 2]},
+    ]})
+    x = rng.standard_normal((3, 37, 21)).astype(np.float32)
+    records = pipe.trace(x.shape)
+    assert [r.out_shape for r in records] == [(3, 19, 11), (3, 10, 6), (15,)]
+    assert pipe(x).shape == records[-1].out_shape
+    assert records[0].receptive_field.size == (3, 3)
+    assert str(records[1].receptive_field) == "5x5"  # 3 + (2 - 1) * 2
+
+
+def test_tracing_imports_no_kernel():
+    code = (
+        "import sys, poolcli\n"
+        "p = poolcli.Pipeline.from_config({'stages': [{'type': 'max_pool', 'kernel_size': 2}, {'type': 'gem'}]})\n"
+        "p.trace((3, 64, 64))\n"
+        "assert 'numba' not in sys.modules, 'tracing imported numba'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_window_that_does_not_fit_names_the_stage():
+    pipe = Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 3, "name": "pool1"}, {"type": "gem"}]})
+    with pytest.raises(ShapeError, match="stage 'pool1' \\(max_pool\\)") as info:
+        pipe(np.ones((1, 2, 2), np.float32))
+    assert info.value.stage == "pool1"
+
+
+def test_gem_then_l2(rng):
+    x = rng.random((4, 9, 7)).astype(np.float32)
+    pipe = Pipeline.from_config({"stages": [{"type": "gem", "p": 3}]})
+    expected = naive.gem(x, 3.0)
+    np.testing.assert_allclose(pipe(x), expected / np.linalg.norm(expected), rtol=1e-5)
+
+
+def test_mean_std_and_no_normalisation(rng):
+    x = rng.random((3, 5, 5)).astype(np.float32)
+    pipe = Pipeline.from_config({
+        "input": {"mean": [0.5, 0.25, 0.0], "std": [2.0, 1.0, 0.5]},
+        "stages": [{"type": "spoc"}],
+        "output": {"normalize": "none"},
+    })
+    mean, std = np.array([0.5, 0.25, 0.0]), np.array([2.0, 1.0, 0.5])
+    expected = (x.mean(axis=(1, 2)) - mean) / std
+    np.testing.assert_allclose(pipe(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_input_is_not_modified(rng):
+    x = rng.standard_normal((3, 8, 8)).astype(np.float32)
+    before = x.copy()
+    pipe = Pipeline.from_config({"input": {"mean": [0.1], "std": [2]}, "stages": [{"type": "activation", "fn": "relu"}, {"type": "mac"}]})
+    pipe(x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_two_dimensional_input_is_one_channel():
+    pipe = Pipeline.from_config({"stages": [{"type": "mac"}], "output": {"normalize": "none"}})
+    np.testing.assert_array_equal(pipe(np.arange(6, dtype=np.float32).reshape(2, 3)), [5.0])
+
+
+def test_branches_and_concat(rng):
+    x = rng.random((2, 6, 6)).astype(np.float32)
+    pipe = Pipeline.from_config({"output": {"normalize": "none"}, "stages": [
+        {"type": "gem", "name": "g", "p": 2},
+        {"type": "mac", "from": "input", "name": "m"},
+        {"type": "concat", "from": ["m", "g"]},
+    ]})
+    np.testing.assert_allclose(pipe(x), np.concatenate([naive.global_max_pool(x), naive.gem(x, 2.0)]), rtol=1e-5)
+
+
+def test_stages_the_output_does_not_need_are_skipped(rng, monkeypatch):
+    from poolcli.stages.global_pool import GlobalAvgPool
+
+    def fail(self, x):
+        raise AssertionError("a dead branch ran")
+
+    monkeypatch.setattr(GlobalAvgPool, "__call__", fail)
+    pipe = Pipeline.from_config({"stages": [{"type": "spoc", "from": "input"}, {"type": "mac", "from": "input"}]})
+    assert pipe(np.ones((1, 3, 3), np.float32)).shape == (1,)
+
+
+def test_maps_are_not_normalised_by_default_and_l2_per_position(rng):
+    x = rng.random((3, 4, 5)).astype(np.float32)
+    plain = Pipeline.from_config({"stages": [{"type": "activation", "fn": "abs"}]})
+    assert plain.kind == "maps" and plain.normalize == "none"
+    np.testing.assert_allclose(plain(x), x)
+    l2 = Pipeline.from_config({"stages": [{"type": "activation", "fn": "abs"}], "output": {"normalize": "l2"}})
+    np.testing.assert_allclose(np.linalg.norm(l2(x), axis=0), np.ones((4, 5)), rtol=1e-5)
+
+
+def test_zero_descriptor_stays_zero():
+    pipe = Pipeline.from_config({"stages": [{"type": "spoc"}]})
+    np.testing.assert_array_equal(pipe(np.zeros((2, 3, 3), np.float32)), [0.0, 0.0])
