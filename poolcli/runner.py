@@ -87,6 +87,7 @@ def run(
     if old is not None:
         manifest.update({k: old.get(k) for k in ("dim", "map_shape")})
     _set_threads(threads)
+    _configure_pillow(max_pixels)
 
     n_shards = -(-len(listing) // shard_size)
     summary = RunSummary(str(out), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
@@ -249,6 +250,18 @@ def _config_text(pipeline: Pipeline) -> str:
     if pipeline.text is not None:
         return pipeline.text
     return json.dumps(pipeline.config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}), indent=2) + "\n"
+
+
+def _configure_pillow(max_pixels: int) -> None:
+    """poolcli checks ``max_pixels`` itself from each header: Pillow's own guard must neither
+    warn below it nor refuse first above it. Done once, before the decoding threads start."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _set_threads(threads: int | None) -> None:
