@@ -1,0 +1,448 @@
+"""Convolution: the ``conv`` stage, with built-in filter banks (:mod:`poolcli.stages.filters`)
+or weights from a ``.npy`` file."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from poolcli.config import PositiveInt, pair
+from poolcli.errors import ShapeError
+from poolcli.stages.base import Stage, register_stage
+from poolcli.stages.elementwise import apply_activation
+from poolcli.stages.filters import BANKS, default_kernel_size, make_bank
+from poolcli.stages.geometry import Window, conv_padding, pooled_size
+
+# torch's padding modes and the np.pad modes that do the same.
+NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@dataclass(frozen=True, eq=False)
+class HeldArray:
+    """An array a stage holds (weights read from a file). Compares by value, so that stages
+    compare as pydantic models do (``==`` on bare arrays is element-wise)."""
+
+    array: np.ndarray
+
+    def __eq__(self, other):
+        return isinstance(other, HeldArray) and np.array_equal(self.array, other.array)
+
+    __hash__ = None
+
+
+def read_npy(value: str, info: ValidationInfo, what: str, ndim: int) -> np.ndarray:
+    """The float32 array in ``.npy`` file ``value`` (relative to the config folder), with
+    ``ndim`` dimensions and finite values; ValueError otherwise."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path((info.context or {}).get("base_dir", ".")) / path
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {path}") from None
+    except (OSError, ValueError) as exc:  # ValueError: not a .npy, or a pickled object array
+        raise ValueError(f"cannot read {path} as .npy: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{what} in {path} must be numbers, got dtype {array.dtype}")
+    if array.ndim != ndim or array.size == 0:
+        expected = "(O, C/groups, kh, kw)" if ndim == 4 else "(O,)"
+        raise ValueError(f"{what} in {path} must have shape {expected}, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} in {path} contain NaN or infinity")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    array.setflags(write=False)
+    return array
+
+
+def _is_file(filters: str) -> bool:
+    return filters.lower().endswith(".npy")
+
+
+def _banks_reading(param: str) -> str:
+    return ", ".join(name for name, bank in BANKS.items() if param in bank.params)
+
+
+def pad_and_split_columns(x: np.ndarray, pads: tuple[int, int, int, int], mode: str, stride: int) -> np.ndarray:
+    """(C, H, W) -> (C, Hp, stride, ceil(Wp / stride)): ``x`` padded by (top, bottom, left,
+    right) in torch's ``mode``, its columns split into ``stride`` phases (``[c, y, p, j]`` is
+    padded column ``j * stride + p``), the layout the kernel reads contiguously. No copy where
+    there is nothing to pad and the stride is 1.
+
+    >>> pad_and_split_columns(np.arange(5, dtype=np.float32)[None, None], (0, 0, 1, 0), "zeros", 2)[0, 0]
+    array([[0., 1., 3.],
+           [0., 2., 4.]], dtype=float32)
+    """
+    top, bottom, left, right = pads
+    if any(pads):
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right)), mode=NUMPY_PAD_MODES[mode])
+    channels, height, width = x.shape
+    if stride == 1:
+        return x.reshape(channels, height, 1, width)
+    phase_width = -(-width // stride)
+    # Columns past the padded width are never read: zeros only complete the last phase row.
+    whole = np.zeros((channels, height, phase_width * stride), x.dtype)
+    whole[:, :, :width] = x
+    return np.ascontiguousarray(whole.reshape(channels, height, phase_width, stride).transpose(0, 1, 3, 2))
+
+
+@register_stage("conv")
+class Conv(Stage):
+    """2-D convolution, = torch ``conv2d`` (cross-correlation) with torch's padding modes,
+    then an optional bias and activation.
+
+    ``filters`` is a built-in bank or the path of a ``.npy`` file of weights
+    ``(O, C/groups, kh, kw)`` (float, read without pickle, relative to the config's folder).
+
+    Built-in banks (all float32; ``y`` runs down the rows, ``x`` along the width):
+
+    ============= ======================================================================
+    ``identity``  a centred delta; ``kernel_size`` 1 by default
+    ``box``       the mean filter ``1 / (kh * kw)``; ``kernel_size`` 3
+    ``gaussian``  ``exp(-(x^2 + y^2) / (2 sigma^2))`` summing to 1; ``sigma`` 1.0,
+                  ``kernel_size`` ``2 * ceil(3 * sigma) + 1``
+    ``sobel``     x ``[[-1,0,1],[-2,0,2],[-1,0,1]]`` (derivative along the width), then y,
+                  its transpose; 3x3, unscaled, as in textbooks and OpenCV
+    ``scharr``    x ``[[-3,0,3],[-10,0,10],[-3,0,3]]``, then y; 3x3
+    ``prewitt``   x ``[[-1,0,1],[-1,0,1],[-1,0,1]]``, then y; 3x3
+    ``laplacian`` ``[[0,1,0],[1,-4,1],[0,1,0]]``; 3x3
+    ``log``       Laplacian of Gaussian (negative centre), less its mean (zero on flat
+                  regions); ``sigma`` 1.0, ``kernel_size`` ``2 * ceil(3 * sigma) + 1``
+    ``gabor``     for each of ``wavelengths`` ([4, 8] pixels), each of ``orientations`` (8)
+                  angles ``theta = k pi / orientations`` and each ``phase`` (even: cos,
+                  odd: sin, or both, in that order): a Gaussian envelope with the sigma of a
+                  ``bandwidth``-octave filter (1.0: sigma = 0.56 wavelength) times the
+                  carrier along ``x cos(theta) + y sin(theta)``; zero-mean, unit L2 norm;
+                  ``kernel_size`` ``2 * ceil(3 * sigma) + 1`` for the longest wavelength.
+                  Output ``(w * orientations + k) * phases + p``
+    ``random``    He-normal weights ``(out_channels, C/groups, kh, kw)`` from
+                  ``numpy.random.default_rng(seed).normal(0, sqrt(2 / fan_in), shape)``,
+                  ``fan_in = C/groups * kh * kw``; ``kernel_size`` 3
+    ============= ======================================================================
+
+    A 2-D bank of F filters is applied with ``channels: mean`` (F outputs: each filter on the
+    mean of the input channels) or ``channels: each`` (C * F outputs, output ``c * F + f`` is
+    filter f on channel c). ``random`` and ``.npy`` weights span the input channels themselves
+    and take ``groups`` as torch does. The output size is torch's:
+    ``(H + pad_top + pad_bottom - dilation * (kh - 1) - 1) // stride + 1``.
+
+    Examples
+    --------
+    >>> x = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.float32)[None]
+    >>> Conv(type="conv", filters="laplacian")(x)
+    array([[[-14.,   9.],
+            [  9.,  -4.]]], dtype=float32)
+    >>> Conv(type="conv", filters="sobel", padding="same", padding_mode="replicate").output_shape((3, 4, 4))
+    (2, 4, 4)
+    """
+
+    summary = "2-D convolution (= torch conv2d) with a built-in filter bank (sobel, gabor, ...) or .npy weights"
+    example: ClassVar[dict] = {"filters": "sobel", "padding": 1}
+
+    filters: str = Field(
+        description="a built-in bank (" + ", ".join(BANKS) + ") or the path of a .npy file of weights "
+        "(O, C/groups, kh, kw), relative to the config's folder"
+    )
+    sigma: float = Field(1.0, gt=0, description="gaussian, log: standard deviation in pixels")
+    orientations: PositiveInt = Field(8, description="gabor: angles k*pi/orientations, k = 0 .. orientations-1")
+    wavelengths: list[float] = Field(
+        [4.0, 8.0], min_length=1, description="gabor: carrier wavelengths in pixels, each >= 2 (the Nyquist limit)"
+    )
+    phase: Literal["even", "odd", "both"] = Field(
+        "even", description="gabor: cosine (even, line detectors), sine (odd, edge detectors) or both, even first"
+    )
+    bandwidth: float = Field(
+        1.0,
+        gt=0,
+        description="gabor: half-response bandwidth in octaves; sets each envelope's sigma (0.56 * wavelength for 1)",
+    )
+    out_channels: PositiveInt | None = Field(None, description="random: number of output channels (required)")
+    seed: int = Field(0, ge=0, strict=True, description="random: seed of numpy.random.default_rng")
+    kernel_size: pair(1) | None = Field(
+        None,
+        description="int or [kh, kw]; default per bank: identity 1, gaussian and log 2*ceil(3*sigma)+1, gabor from its "
+        "longest wavelength, others 3 (sobel, scharr, prewitt, laplacian: 3 only; .npy: the file's)",
+    )
+    stride: pair(1) = Field((1, 1), description="int or [sh, sw]")
+    padding: pair(0) | Literal["same", "valid"] = Field(
+        (0, 0), description="int, [ph, pw], 'same' (output size = input size; stride 1 only) or 'valid' (0)"
+    )
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+        "zeros", description="torch's: zeros, reflect (edge not repeated), replicate (edge repeated), circular (wraps)"
+    )
+    dilation: pair(1) = Field((1, 1), description="int or [dh, dw]: spacing between kernel taps")
+    groups: PositiveInt = Field(1, description="random and .npy weights: input channels split in groups, as in torch")
+    channels: Literal["mean", "each"] = Field(
+        "mean", description="2-D banks: mean (each filter on the channel mean, F outputs) or each (C*F outputs, c*F+f)"
+    )
+    bias: Literal[False] | list[float] | str = Field(
+        False, description="false, a list of one number per output channel, or the path of a .npy vector"
+    )
+    activation: Literal["none", "relu", "abs", "square", "sigmoid", "tanh"] = Field(
+        "none", description="applied to the output: none, relu, abs, square, sigmoid, tanh"
+    )
+
+    _weights: HeldArray | None = PrivateAttr(None)  # .npy weights
+    _bias: HeldArray | None = PrivateAttr(None)
+
+    # --- validation -----------------------------------------------------------------------
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, value: str, info: ValidationInfo) -> str:
+        if _is_file(value):
+            read_npy(value, info, "weights", ndim=4)
+        elif value not in BANKS:
+            guess = difflib.get_close_matches(value, BANKS, n=1)
+            hint = f"did you mean '{guess[0]}'?" if guess else "built-in: " + ", ".join(BANKS)
+            raise ValueError(f"unknown filter bank '{value}' ({hint}); or give the path of a .npy file of weights")
+        return value
+
+    @field_validator("sigma", "orientations", "wavelengths", "phase", "bandwidth", "out_channels", "seed")
+    @classmethod
+    def _used_by_bank(cls, value, info: ValidationInfo):
+        filters = info.data.get("filters")
+        if filters is not None and info.field_name not in getattr(BANKS.get(filters), "params", ()):
+            raise ValueError(f"applies to filters {_banks_reading(info.field_name)} only, not '{filters}'")
+        if info.field_name == "wavelengths" and min(value) < 2:
+            raise ValueError(f"each wavelength must be >= 2 pixels (the Nyquist limit), got {min(value)}")
+        return value
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _kernel_fits_bank(cls, value, info: ValidationInfo):
+        filters = info.data.get("filters")
+        if filters is None or value is None:
+            return value
+        if _is_file(filters):
+            shape = read_npy(filters, info, "weights", ndim=4).shape[2:]
+            if tuple(value) != shape:
+                raise ValueError(
+                    f"must match the weights' {shape[0]}x{shape[1]}, got {value[0]}x{value[1]}; or omit it"
+                )
+            return value
+        bank = BANKS[filters]
+        if bank.fixed and tuple(value) != (3, 3):
+            raise ValueError(f"{filters} filters are 3x3 only, got {value[0]}x{value[1]}; omit kernel_size")
+        if min(value) < bank.min_size:
+            raise ValueError(f"{filters} filters need a kernel of at least {bank.min_size}, got {value[0]}x{value[1]}")
+        return value
+
+    @field_validator("padding", mode="before")
+    @classmethod
+    def _padding_word(cls, value):
+        if isinstance(value, str) and value not in ("same", "valid"):
+            raise ValueError(f"must be an integer, a pair [ph, pw], 'same' or 'valid', got {value!r}")
+        return value
+
+    @field_validator("padding")
+    @classmethod
+    def _same_needs_stride_one(cls, value, info: ValidationInfo):
+        stride = info.data.get("stride")
+        if value == "same" and stride is not None and tuple(stride) != (1, 1):
+            raise ValueError(f"'same' needs stride 1 (as in torch), got stride {list(stride)}; give a number instead")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_need_full_weights(cls, value, info: ValidationInfo):
+        filters = info.data.get("filters")
+        if filters is None or value == 1:
+            return value
+        if _is_file(filters):
+            out_channels = read_npy(filters, info, "weights", ndim=4).shape[0]
+        elif BANKS[filters].full:
+            out_channels = info.data.get("out_channels")
+        else:
+            raise ValueError(f"applies to random and .npy weights; {filters} is a 2-D bank: use channels: mean or each")
+        if out_channels is not None and out_channels % value:
+            raise ValueError(f"must divide the {out_channels} output channels, got {value}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_need_2d_bank(cls, value, info: ValidationInfo):
+        filters = info.data.get("filters")
+        if filters is not None and (_is_file(filters) or BANKS[filters].full):
+            raise ValueError("applies to 2-D banks only: random and .npy weights already span the input channels")
+        return value
+
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _bias_not_true(cls, value):
+        if value is True:
+            raise ValueError("true gives no values: give a list of one number per output channel or a .npy path")
+        return value
+
+    @field_validator("bias")
+    @classmethod
+    def _bias_values(cls, value, info: ValidationInfo):
+        if isinstance(value, str):
+            read_npy(value, info, "bias", ndim=1)
+        elif isinstance(value, list):
+            if not value:
+                raise ValueError("the list is empty; give one number per output channel, or false")
+            if not all(map(math.isfinite, value)):
+                raise ValueError(f"values must be finite, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _hold_arrays(self, info: ValidationInfo):
+        if not _is_file(self.filters) and BANKS[self.filters].full and self.out_channels is None:
+            raise ValueError(f"filters {self.filters} needs out_channels (the number of filters to draw)")
+        if _is_file(self.filters):
+            self._weights = HeldArray(read_npy(self.filters, info, "weights", ndim=4))
+        if isinstance(self.bias, str):
+            self._bias = HeldArray(read_npy(self.bias, info, "bias", ndim=1))
+        elif self.bias is not False:
+            self._bias = HeldArray(np.asarray(self.bias, np.float32))
+        outputs = self._fixed_out_channels()
+        if self._bias is not None and outputs is not None and self._bias.array.size != outputs:
+            raise ValueError(
+                f"bias has {self._bias.array.size} values, but filters '{self.filters}' give {outputs} output channels"
+            )
+        return self
+
+    # --- the weights ---------------------------------------------------------------------------
+
+    @property
+    def _full(self) -> bool:
+        """Full 4-D weights on the input channels (random, .npy), rather than a 2-D bank."""
+        return self._weights is not None or BANKS[self.filters].full
+
+    def _bank_params(self) -> tuple[tuple[str, object], ...]:
+        values = ((p, getattr(self, p)) for p in BANKS[self.filters].params)
+        return tuple((p, tuple(v) if isinstance(v, list) else v) for p, v in values)
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        """(kh, kw) of the filters."""
+        if self.kernel_size is not None:
+            return tuple(self.kernel_size)
+        if self._weights is not None:
+            return self._weights.array.shape[2:]
+        return default_kernel_size(self.filters, self._bank_params())
+
+    def bank(self) -> np.ndarray:
+        """The 2-D bank, float32 (F, kh, kw) (built once per set of parameters)."""
+        return make_bank(self.filters, self.kernel, self._bank_params())
+
+    def weights(self, in_channels: int) -> np.ndarray:
+        """The weights applied to a map of ``in_channels`` channels, float32 (O, C', kh, kw), with
+        the groups of :meth:`groups_for`. For a 2-D bank with ``channels: mean``, C' = 1: the
+        filters read the channel mean."""
+        if self._weights is not None:
+            return self._weights.array
+        if BANKS[self.filters].full:
+            return make_bank(self.filters, self.kernel, self._bank_params(), in_channels // self.groups)
+        bank = self.bank()[:, None]
+        return bank if self.channels == "mean" else np.ascontiguousarray(np.tile(bank, (in_channels, 1, 1, 1)))
+
+    def groups_for(self, in_channels: int) -> int:
+        if self._full:
+            return self.groups
+        return in_channels if self.channels == "each" else 1
+
+    def _fixed_out_channels(self) -> int | None:
+        """Output channels where they do not depend on the input (all but ``channels: each``)."""
+        if self._weights is not None:
+            return self._weights.array.shape[0]
+        if BANKS[self.filters].full:
+            return self.out_channels
+        return self.bank().shape[0] if self.channels == "mean" else None
+
+    # --- shapes and costs ----------------------------------------------------------------------
+
+    @property
+    def _window(self) -> Window:
+        return Window.of(self.kernel, self.stride, dilation=self.dilation)
+
+    def _pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right); ShapeError where torch's padding mode refuses them."""
+        padding = (self.padding, self.padding) if isinstance(self.padding, str) else self.padding
+        per_axis = [
+            conv_padding(size, k, d, p)
+            for size, k, d, p in zip((height, width), self.kernel, self.dilation, padding)
+        ]
+        for axis, size, pads in zip("hw", (height, width), per_axis):
+            if self.padding_mode == "reflect" and max(pads) >= size:
+                raise ShapeError(f"reflect padding must be smaller than the map: padding {max(pads)} along {axis}, "
+                                 f"map {height}x{width}")
+            if self.padding_mode == "circular" and max(pads) > size:
+                raise ShapeError(f"circular padding must be at most the map size: padding {max(pads)} along {axis}, "
+                                 f"map {height}x{width}")
+        return (*per_axis[0], *per_axis[1])
+
+    def _output_hw(self, height: int, width: int) -> tuple[int, int]:
+        top, bottom, left, right = self._pads(height, width)
+        window = self._window
+        sizes = tuple(
+            pooled_size(size + before + after, span, stride, 0, False)
+            for size, before, after, span, stride in zip(
+                (height, width), (top, left), (bottom, right), window.effective, window.stride
+            )
+        )
+        if min(sizes) < 1:
+            kh, kw = self.kernel
+            eh, ew = window.effective
+            raise ShapeError(f"a {kh}x{kw} kernel (dilated span {eh}x{ew}) does not fit a {height}x{width} map "
+                             f"padded by {top},{bottom} (rows) and {left},{right} (columns)")
+        return sizes
+
+    def _out_channels(self, channels: int) -> int:
+        if self._weights is not None:
+            per_group = self._weights.array.shape[1]
+            if channels != per_group * self.groups:
+                raise ShapeError(f"the weights take {per_group * self.groups} input channels "
+                                 f"({per_group} per group x {self.groups} groups), the map has {channels}")
+        elif self._full and channels % self.groups:
+            raise ShapeError(f"groups {self.groups} must divide the map's {channels} channels")
+        outputs = self._fixed_out_channels()
+        if outputs is None:  # channels: each
+            outputs = channels * self.bank().shape[0]
+        if self._bias is not None and self._bias.array.size != outputs:
+            raise ShapeError(f"bias has {self._bias.array.size} values, but the conv gives {outputs} output channels")
+        return outputs
+
+    def output_shape(self, shape):
+        channels, height, width = self.expect_map(shape)
+        return (self._out_channels(channels), *self._output_hw(height, width))
+
+    def params(self, shape):
+        channels = self.expect_map(shape)[0]
+        kh, kw = self.kernel
+        held = self._fixed_out_channels() * (channels // self.groups) * kh * kw if self._full else self.bank().size
+        return held + (0 if self._bias is None else self._bias.array.size)
+
+    def macs(self, shape):
+        channels, height, width = self.expect_map(shape)
+        out_c, out_h, out_w = self.output_shape(shape)
+        per_output = self.kernel[0] * self.kernel[1] * (channels // self.groups if self._full else 1)
+        mean = channels * height * width if not self._full and self.channels == "mean" and channels > 1 else 0
+        return out_c * out_h * out_w * per_output + mean
+
+    def receptive_field(self, rf, shape):
+        return rf.through(self._window.effective, self.stride)
+
+    # --- applying ------------------------------------------------------------------------------
+
+    def __call__(self, x):
+        from poolcli.kernels.conv import conv2d
+
+        out_c, out_h, out_w = self.output_shape(x.shape)
+        pads = self._pads(*x.shape[1:])
+        if not self._full and self.channels == "mean":
+            x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        x = pad_and_split_columns(x, pads, self.padding_mode, self.stride[1])
+        channels = len(x)  # 1 after the mean
+        bias = np.zeros(out_c, np.float32) if self._bias is None else self._bias.array
+        # Writable C-contiguous float32 throughout, so that Numba compiles the kernel once (it
+        # types read-only arrays, such as the cached banks, apart).
+        x, weights, bias = (np.require(a, np.float32, "CW") for a in (x, self.weights(channels), bias))
+        out = conv2d(x, weights, bias, *self.stride, *self.dilation, self.groups_for(channels), out_h, out_w)
+        return apply_activation(out, self.activation, inplace=True)
