@@ -78,6 +78,7 @@ class Stage(Model):
     inputs: ClassVar[int | str] = 1  # 1, or "many" for stages that take a list
     summary: ClassVar[str] = ""  # one line for `poolcli stages`
     makes_vector: ClassVar[bool] = False  # True for map -> vector stages
+    example: ClassVar[dict] = {}  # parameters of the worked example `poolcli stages TYPE` shows
 
     def output_rank(self, *ranks: int) -> int:
         """Rank of the output (3 for a map, 1 for a vector) given the inputs' ranks."""
