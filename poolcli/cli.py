@@ -163,13 +163,15 @@ def _report_run(console, summary) -> None:
     if summary.kind == "descriptors":
         what = f"{summary.written} descriptors" + (f" of length {summary.dim}" if summary.dim else "")
     else:
-        shape = summary.map_shape if isinstance(summary.map_shape, list) else None
-        what = f"{summary.written} feature maps" + (f" of shape {'x'.join(map(str, shape))}" if shape else "")
+        shape = summary.map_shape
+        what = f"{summary.written} feature maps" + (
+            f" of shape {_shape(shape)}" if isinstance(shape, list) else " (their size follows each image's)" if shape else ""
+        )
     rate = summary.written / summary.seconds if summary.seconds else 0.0
     line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
-        extras.append(f"{summary.skipped} non-image files skipped")
+        extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
     if summary.shards_resumed:
         extras.append(f"{summary.shards_resumed} of {summary.shards} shards already complete")
     console.print(line + ("; " + ", ".join(extras) if extras else ""))
