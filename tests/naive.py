@@ -27,6 +27,119 @@ def gem(x, p=3.0, eps=1e-6):
 # --- windowed pooling (pool family) -------------------------------------------------------------
 
 
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def pool_out_size(size, span, stride, pad, ceil_mode):
+    """torch's documented formula: floor (or ceil) of (size + 2*pad - span) / stride, plus one;
+    in ceil mode a last window starting beyond the input and the left padding is dropped."""
+    fraction = (size + 2 * pad - span) / stride
+    out = int(np.ceil(fraction) if ceil_mode else np.floor(fraction)) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _window_taps(shape, kernel, stride, padding, dilation, ceil_mode):
+    """(oh, ow) and taps(i, j): the (r, s) positions of output (i, j)'s window in row-major
+    order, positions outside the input included."""
+    (kh, kw), (ph, pw), (dh, dw) = _pair(kernel), _pair(padding), _pair(dilation)
+    sh, sw = _pair(stride if stride is not None else kernel)
+    oh = pool_out_size(shape[1], (kh - 1) * dh + 1, sh, ph, ceil_mode)
+    ow = pool_out_size(shape[2], (kw - 1) * dw + 1, sw, pw, ceil_mode)
+
+    def taps(i, j):
+        return [(i * sh - ph + a * dh, j * sw - pw + b * dw) for a in range(kh) for b in range(kw)]
+
+    return oh, ow, taps
+
+
+def _pool_windows(x, kernel, stride, padding, dilation, ceil_mode, reduce, dtype=np.float32):
+    """out[c, i, j] = reduce(c, taps of window (i, j)) for every output."""
+    oh, ow, taps = _window_taps(x.shape, kernel, stride, padding, dilation, ceil_mode)
+    out = np.zeros((x.shape[0], oh, ow), dtype)
+    for c in range(x.shape[0]):
+        for i in range(oh):
+            for j in range(ow):
+                out[c, i, j] = reduce(c, taps(i, j))
+    return out
+
+
+def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """torch max_pool2d: padding is -inf; a tap wins if greater or NaN; the argmax starts at the
+    window's first tap with r, s >= 0 (flat index r * W + s; beyond the input when a dilated
+    window has no tap inside it, as in torch)."""
+    H, W = x.shape[1:]
+
+    def best(c, taps):
+        r0, s0 = next((r, s) for r, s in taps if r >= 0 and s >= 0)
+        value, index = -np.inf, r0 * W + s0
+        for r, s in [(r, s) for r, s in taps if 0 <= r < H and 0 <= s < W]:
+            v = x[c, r, s]
+            if v > value or np.isnan(v):
+                value, index = v, r * W + s
+        return value, index
+
+    values = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, lambda c, t: best(c, t)[0])
+    if not return_indices:
+        return values
+    indices = _pool_windows(x, kernel_size, stride, padding, dilation, ceil_mode, lambda c, t: best(c, t)[1], np.int64)
+    return values, indices
+
+
+def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """torch avg_pool2d: the sum of in-bounds taps over a divisor that counts, with
+    count_include_pad, the taps inside the padded input (not those beyond it in ceil mode),
+    else the in-bounds taps; divisor_override replaces it."""
+    H, W = x.shape[1:]
+    ph, pw = _pair(padding)
+
+    def mean(c, taps):
+        inside = [(r, s) for r, s in taps if 0 <= r < H and 0 <= s < W]
+        padded = [(r, s) for r, s in taps if -ph <= r < H + ph and -pw <= s < W + pw]
+        total = sum(float(x[c, r, s]) for r, s in inside)
+        divisor = divisor_override or (len(padded) if count_include_pad else len(inside))
+        return total / divisor
+
+    return _pool_windows(x, kernel_size, stride, padding, 1, ceil_mode, mean)
+
+
+def lp_pool(x, p, kernel_size, stride=None, ceil_mode=False):
+    """(sum |x|^p)^(1/p) over the in-bounds taps of each window."""
+    H, W = x.shape[1:]
+
+    def norm(c, taps):
+        inside = [(r, s) for r, s in taps if 0 <= r < H and 0 <= s < W]
+        return sum(abs(float(x[c, r, s])) ** p for r, s in inside) ** (1.0 / p)
+
+    return _pool_windows(x, kernel_size, stride, 0, 1, ceil_mode, norm)
+
+
+def adaptive_bins(size, n):
+    """Bin i spans [floor(i*L/n), ceil((i+1)*L/n))."""
+    return [(int(np.floor(i * size / n)), int(np.ceil((i + 1) * size / n))) for i in range(n)]
+
+
+def adaptive_pool(x, output_size, pool):
+    """torch adaptive_{max,avg}_pool2d; output_size (h, w), a None entry keeps that size."""
+    C, H, W = x.shape
+    oh, ow = _pair(output_size)
+    oh, ow = oh or H, ow or W
+    out = np.zeros((C, oh, ow), np.float32)
+    for c in range(C):
+        for i, (r0, r1) in enumerate(adaptive_bins(H, oh)):
+            for j, (s0, s1) in enumerate(adaptive_bins(W, ow)):
+                block = x[c, r0:r1, s0:s1].astype(np.float64)
+                with np.errstate(invalid="ignore"):  # inf - inf is NaN, as it should be
+                    out[c, i, j] = np.max(block) if pool == "max" else np.mean(block)  # np.max propagates NaN
+    return out
+
+
+def spp(x, levels=(1, 2, 4), pool="max"):
+    return np.concatenate([adaptive_pool(x, n, pool).reshape(-1) for n in levels]).astype(np.float32)
+
+
 # --- convolution (conv family) ------------------------------------------------------------------
 
 
