@@ -195,7 +195,9 @@ def validate_model(model: type[BaseModel], data: Any, where: tuple = (), label: 
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        # A misspelt key also shows up as a missing one: name the misspelling, the cause.
+        errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        error = errors[0]
         loc, message = _describe(error, model)
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
         head = format_loc(where) + label
