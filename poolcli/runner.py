@@ -233,7 +233,7 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "poolcli_version": __version__,
         "kind": pipeline.kind,
         "name": pipeline.config.name,
-        "dim": None,
+        "dim": _fixed_dim(pipeline),
         "map_shape": None,
         "dtype": pipeline.config.output.dtype,
         "normalize": pipeline.normalize,
@@ -244,6 +244,18 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "input_root": listing.root,
         "complete": False,
     }
+
+
+def _fixed_dim(pipeline: Pipeline) -> int | None:
+    """The descriptor length when the config fixes it whatever the image size (None for maps,
+    or when it follows the size, as ``flatten`` does: then the first image sets it)."""
+    if pipeline.kind != "descriptors":
+        return None
+    try:
+        lengths = {pipeline.output_shape((pipeline.input_channels, h, w))[0] for h, w in ((512, 512), (384, 640))}
+    except ShapeError:
+        return None
+    return lengths.pop() if len(lengths) == 1 else None
 
 
 def _config_text(pipeline: Pipeline) -> str:

@@ -3,7 +3,32 @@ the definition, for the kernels to be compared with. Clarity over speed, always.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# --- element-wise ---------------------------------------------------------------------------------
+
+
+def activation(x, fn):
+    """Each element on its own, through Python floats."""
+    def one(v):
+        if fn == "relu":
+            return v if (v > 0 or v != v) else 0.0
+        if fn == "abs":
+            return abs(v)
+        if fn == "square":
+            return v * v
+        if fn == "sigmoid":
+            return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+        if fn == "tanh":
+            return math.tanh(v)
+        if fn == "sign_sqrt":
+            return math.copysign(math.sqrt(abs(v)), v) if v != 0 else 0.0
+        return v
+
+    return np.array([one(float(v)) for v in x.ravel()], np.float32).reshape(x.shape)
+
 
 # --- global pooling ---------------------------------------------------------------------------
 

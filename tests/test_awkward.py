@@ -11,7 +11,7 @@ import poolcli
 from fixtures import make_awkward_folder
 
 CONFIG = """
-input: {color: gray}
+input: {color: rgb}
 stages:
   - {type: avg_pool, kernel_size: 2, ceil_mode: true}
   - {type: spp, levels: [1, 2], pool: avg}
@@ -21,7 +21,7 @@ BROKEN = {"empty.png", "not_an_image.jpg", "truncated.png", "huge.png"}
 
 def test_awkward_folder_runs_to_the_end(tmp_path):
     files = make_awkward_folder(tmp_path / "in")
-    config = tmp_path / "gray.yaml"
+    config = tmp_path / "rgb.yaml"
     config.write_text(CONFIG)
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "poolcli", "run", str(config), str(tmp_path / "in"), "-o", str(out),

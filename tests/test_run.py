@@ -174,3 +174,13 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_rows(tmp_path, images):
         np.testing.assert_array_equal(got, expected)
         assert meta.equals(expected_meta)
         assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_descriptor_of_another_length_is_a_failure_row(tmp_path, images):
+    """The config fixes the length (3 channels here): a 1-channel .npy cannot join the run."""
+    np.save(images / "a_first.npy", np.ones((1, 40, 40), np.float32))
+    summary = run(Pipeline.from_config(DESCRIPTOR), [str(images)], tmp_path / "out")
+    assert summary.dim == 3
+    odd = [f for f in summary.failures if f["path"].endswith("a_first.npy")]
+    assert len(odd) == 1 and "descriptor length 1 differs from the run's 3" in odd[0]["error"]
+    assert summary.written == 7

@@ -12,7 +12,9 @@ ACTIVATIONS = ("none", "relu", "abs", "square", "sigmoid", "tanh", "sign_sqrt")
 @njit(cache=True, inline="always")
 def _apply(v, code):
     if code == 1:
-        return v if (v > 0 or v != v) else v * 0  # relu keeps NaN, as torch does
+        if v > 0 or v != v:  # relu keeps NaN, as torch does
+            return v
+        return 0.0
     if code == 2:
         return abs(v)
     if code == 3:
