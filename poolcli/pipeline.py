@@ -185,6 +185,10 @@ def _build_nodes(config: PipelineConfig) -> list[Node]:
         if name in names:
             raise ConfigError(f"{where}.name: '{name}' is already used by an earlier stage", loc=("stages", index, "name"))
         inputs = _inputs_of(stage, nodes, names, where, index)
+        try:
+            inputs += stage.link({n.name: (n.stage, n.inputs) for n in nodes})
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
         nodes.append(Node(name, stage, inputs))
         names.add(name)
     return nodes

@@ -239,3 +239,12 @@ def conv_bank(x, bank, channels="mean", **conv_args):
         return conv2d(x.astype(np.float64).mean(axis=0, keepdims=True), bank[:, None], **conv_args)
     outputs = [conv2d(x[c : c + 1], bank[f][None, None], **conv_args) for c in range(len(x)) for f in range(len(bank))]
     return np.concatenate(outputs)
+
+
+# --- fractional, stochastic, soft pooling and unpooling ------------------------------------------
+
+
+# --- center, corner, strip pooling, upsampling, pyramid fusion ------------------------------------
+
+
+# --- R-MAC and Hopfield pooling --------------------------------------------------------------------

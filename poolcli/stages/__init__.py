@@ -1,7 +1,23 @@
 """Stages: one module per operator family. Importing this package fills the registry
 (``STAGES``); no module here imports numba at import time."""
 
-from poolcli.stages import combine, conv, elementwise, global_pool, pool  # noqa: F401  (registers)
+from poolcli.stages import (  # noqa: F401  (importing a module registers its stages)
+    combine,
+    conv,
+    detection,
+    elementwise,
+    fractional,
+    global_pool,
+    hopfield,
+    pool,
+    pyramid,
+    resample,
+    rmac,
+    softpool,
+    stochastic,
+    strip,
+    unpool,
+)
 from poolcli.stages.base import STAGES, ReceptiveField, Stage, build_stage, register_stage
 
 __all__ = ["STAGES", "ReceptiveField", "Stage", "build_stage", "register_stage"]

@@ -101,6 +101,13 @@ class Stage(Model):
         """The receptive field after this stage, given the one of its (first) input."""
         return rf
 
+    def link(self, earlier: dict[str, tuple["Stage", tuple[str, ...]]]) -> tuple[str, ...]:
+        """Called once when the pipeline is built, with every earlier stage by name (its stage
+        and input names). Returns the names of extra maps to pass after the stage's inputs;
+        raises ValueError for a bad reference. Most stages need nothing (``max_unpool`` uses
+        this to find its ``max_pool``)."""
+        return ()
+
     # --- helpers for subclasses ---------------------------------------------------------------
 
     def expect_map(self, shape) -> tuple[int, int, int]:

@@ -1,0 +1,1 @@
+"""Detection-style pooling: CenterNet center pooling, CornerNet corner pooling."""

@@ -1,0 +1,1 @@
+"""Fractional max pooling (Graham 2014)."""

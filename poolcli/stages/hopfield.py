@@ -1,0 +1,1 @@
+"""Hopfield pooling: attention of the map's positions to a query pattern."""

@@ -1,0 +1,1 @@
+"""Adaptive feature pooling across stages (PANet)."""

@@ -1,0 +1,1 @@
+"""Upsampling (= torch interpolate)."""

@@ -1,0 +1,1 @@
+"""R-MAC regional maximum activations (Tolias et al. 2016)."""

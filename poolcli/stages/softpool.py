@@ -1,0 +1,1 @@
+"""SoftPool (Stergiou et al. 2021)."""

@@ -1,0 +1,1 @@
+"""Stochastic pooling (Zeiler \& Fergus 2013)."""

@@ -1,0 +1,1 @@
+"""Strip pooling (Hou et al. 2020)."""

@@ -1,0 +1,1 @@
+"""Max unpooling with the indices of a max_pool stage."""
