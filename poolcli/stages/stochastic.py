@@ -1,1 +1,1 @@
-"""Stochastic pooling (Zeiler \& Fergus 2013)."""
+"""Stochastic pooling (Zeiler & Fergus 2013)."""
