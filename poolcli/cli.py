@@ -272,6 +272,24 @@ def _print_trace(pipeline, shape, records) -> None:
         out.print(f"output: feature map {_shape(final)} ({pipeline.config.output.dtype})")
 
 
+# --- show -----------------------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def show(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
+    max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
+) -> None:
+    """Draw each stage's output for one image: one PNG per stage and an overview."""
+    from poolcli.show import show as draw
+
+    for path in draw(_load(config), image, out, max_channels):
+        print(path)
+
+
 # --- stages, validate, schema ---------------------------------------------------------------------
 
 

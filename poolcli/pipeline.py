@@ -138,6 +138,14 @@ class Pipeline:
 
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
+        return self._normalize(self._run(x, keep_all=False)[self.final.name])
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every stage's output by name (``input``: the standardised input), before the output
+        normalisation: what ``poolcli show`` draws."""
+        return self._run(x, keep_all=True)
+
+    def _run(self, x: np.ndarray, keep_all: bool) -> dict[str, np.ndarray]:
         x = np.asarray(x)
         if x.ndim == 2:
             x = x[None]
@@ -146,13 +154,14 @@ class Pipeline:
         self.trace(x.shape)  # every shape problem is found here, before any kernel runs
         values = {"input": self._standardize(x)}
         for node in self.nodes:
-            if node.name not in self._needed:
+            if not keep_all and node.name not in self._needed:
                 continue
             out = node.stage(*(values[n] for n in node.inputs))
             values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
-            for name in self._last_use.get(node.name, ()):
-                del values[name]
-        return self._normalize(values[self.final.name])
+            if not keep_all:
+                for name in self._last_use.get(node.name, ()):
+                    del values[name]
+        return values
 
     def _standardize(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

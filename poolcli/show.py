@@ -1,0 +1,177 @@
+"""``poolcli show``: pictures of what each stage keeps and throws away.
+
+One PNG per stage (and the input): its channels as a labelled grid, each channel stretched to
+its own 1st..99th percentile so that faint structure is visible; vectors as bar charts. Plus
+``overview.png``: one row per stage with its first channels, to follow an image through the
+whole pipeline. Tiny maps are enlarged with nearest-neighbour (every value stays a visible
+square), large ones reduced, so every tile lands between ``MIN_TILE`` and ``MAX_TILE`` pixels.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from poolcli.errors import OutputError
+from poolcli.io.images import load_image
+from poolcli.pipeline import Pipeline
+
+MIN_TILE, MAX_TILE = 96, 256  # longest side of one channel's tile, in pixels
+GRID_COLUMNS = 8
+OVERVIEW_CHANNELS, OVERVIEW_HEIGHT = 6, 128
+BACKGROUND, INK, MUTED = (255, 255, 255), (20, 20, 20), (110, 110, 110)
+BAR_POSITIVE, BAR_NEGATIVE = (52, 101, 164), (204, 0, 0)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def stretch(channel: np.ndarray) -> np.ndarray:
+    """uint8 image of one channel, its 1st..99th percentile mapped to 0..255 (NaN: black).
+
+    >>> stretch(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)).tolist()
+    [[0, 85], [170, 255]]
+    """
+    finite = channel[np.isfinite(channel)]
+    if finite.size == 0:
+        return np.zeros(channel.shape, np.uint8)
+    low, high = np.percentile(finite, [1, 99]) if finite.size > 16 else (finite.min(), finite.max())
+    if high <= low:  # a constant channel: mid grey, not noise
+        return np.full(channel.shape, 128, np.uint8)
+    scaled = (np.nan_to_num(channel, nan=low, posinf=high, neginf=low) - low) / (high - low)
+    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def _tile(channel: np.ndarray, longest: int) -> Image.Image:
+    image = Image.fromarray(stretch(channel), "L")
+    scale = longest / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
+    return ImageOps.expand(image, border=1, fill=160)  # a frame: white values stay visible on white
+
+
+def _tile_side(height: int, width: int) -> int:
+    return int(np.clip(max(height, width), MIN_TILE, MAX_TILE))
+
+
+def channel_grid(array: np.ndarray, title: str, max_channels: int = 64) -> Image.Image:
+    """A (C, H, W) map as a grid of labelled channel tiles under a title."""
+    channels = min(array.shape[0], max_channels)
+    side = _tile_side(*array.shape[1:])
+    tiles = [_tile(array[c], side) for c in range(channels)]
+    columns = min(GRID_COLUMNS, channels)
+    rows = -(-channels // columns)
+    cell_w, cell_h = max(t.width for t in tiles) + 8, max(t.height for t in tiles) + 22
+    title_font, label_font = _font(16), _font(12)
+    shown = "" if channels == array.shape[0] else f" (first {channels} of {array.shape[0]} channels)"
+    canvas = Image.new("RGB", (max(columns * cell_w + 8, 420), rows * cell_h + 36), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 8), title + shown, fill=INK, font=title_font)
+    for c, tile in enumerate(tiles):
+        x, y = 8 + (c % columns) * cell_w, 36 + (c // columns) * cell_h
+        canvas.paste(tile.convert("RGB"), (x, y))
+        draw.text((x, y + tile.height + 3), f"c{c}", fill=MUTED, font=label_font)
+    return canvas
+
+
+def color_picture(array: np.ndarray, title: str) -> Image.Image:
+    """A 3-channel input as one colour picture (each channel stretched alike)."""
+    low, high = np.nanmin(array), np.nanmax(array)
+    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    rgb = Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
+    scale = min(512 / max(rgb.size), 1) if max(rgb.size) > 512 else max(1, MIN_TILE // max(rgb.size))
+    rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
+    canvas = Image.new("RGB", (max(rgb.width + 16, 420), rgb.height + 44), BACKGROUND)
+    ImageDraw.Draw(canvas).text((8, 8), title, fill=INK, font=_font(16))
+    canvas.paste(rgb, (8, 36))
+    return canvas
+
+
+def bar_chart(vector: np.ndarray, title: str, height: int = 200) -> Image.Image:
+    """A vector as bars (blue positive, red negative) around a zero line, with its range."""
+    n = vector.size
+    bar = int(np.clip(900 // max(n, 1), 1, 24))
+    width = max(n * bar + 16, 420)
+    canvas = Image.new("RGB", (width, height + 60), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 8), title, fill=INK, font=_font(16))
+    finite = vector[np.isfinite(vector)]
+    peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+    top, bottom = 36, 36 + height
+    low_values = finite.size and finite.min() < 0
+    zero = (top + bottom) // 2 if low_values else bottom
+    for i, v in enumerate(np.nan_to_num(vector)):
+        extent = 0 if peak == 0 else v / peak * (zero - top)
+        y0, y1 = sorted((zero, zero - extent))
+        draw.rectangle((8 + i * bar, y0, 8 + i * bar + max(bar - 1, 1) - 1, y1), fill=BAR_POSITIVE if v >= 0 else BAR_NEGATIVE)
+    draw.line((8, zero, 8 + n * bar, zero), fill=MUTED)
+    summary = f"{n} values, min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else f"{n} values, none finite"
+    draw.text((8, bottom + 6), summary, fill=MUTED, font=_font(12))
+    return canvas
+
+
+def _picture(name: str, kind: str, array: np.ndarray, max_channels: int) -> Image.Image:
+    title = f"{name} ({kind}): {'x'.join(map(str, array.shape))}"
+    if array.ndim == 1:
+        return bar_chart(array, title)
+    if kind == "input" and array.shape[0] == 3:
+        return color_picture(array, title)
+    return channel_grid(array, title, max_channels)
+
+
+def overview(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
+    """One row per stage: title, then its first channels at a common height (or its bars)."""
+    strips = []
+    for title, array in rows:
+        if array.ndim == 1:
+            strips.append(bar_chart(array, title, height=OVERVIEW_HEIGHT - 40))
+            continue
+        tiles = [_tile(array[c], OVERVIEW_HEIGHT) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
+        more = array.shape[0] - len(tiles)
+        strip = Image.new("RGB", (max(sum(t.width + 6 for t in tiles) + 16, 420), OVERVIEW_HEIGHT + 40), BACKGROUND)
+        draw = ImageDraw.Draw(strip)
+        draw.text((8, 6), title + (f"  (+{more} more channels)" if more > 0 else ""), fill=INK, font=_font(14))
+        x = 8
+        for tile in tiles:
+            strip.paste(tile.convert("RGB"), (x, 32))
+            x += tile.width + 6
+        strips.append(strip)
+    canvas = Image.new("RGB", (max(s.width for s in strips), sum(s.height + 4 for s in strips)), BACKGROUND)
+    y = 0
+    for strip in strips:
+        canvas.paste(strip, (0, y))
+        y += strip.height + 4
+        ImageDraw.Draw(canvas).line((0, y - 2, canvas.width, y - 2), fill=(220, 220, 220))
+    return canvas
+
+
+def _file_name(index: int, name: str) -> str:
+    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+
+
+def show(pipeline: Pipeline, image_path: str | Path, out_dir: str | Path, max_channels: int = 64) -> list[Path]:
+    """Write one PNG per stage (and the input) and ``overview.png`` into ``out_dir``."""
+    x = load_image(image_path, pipeline.config.input)
+    values = pipeline.outputs(x)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
+    entries = [("input", "input", values["input"])] + [(n.name, n.stage.type, values[n.name]) for n in pipeline.nodes]
+    written = []
+    for index, (name, kind, array) in enumerate(entries):
+        path = out_dir / _file_name(index, name)
+        _picture(name, kind, array, max_channels).save(path)
+        written.append(path)
+    rows = [(f"{name} ({kind}) {'x'.join(map(str, a.shape))}", a) for name, kind, a in entries]
+    overview(rows).save(out_dir / "overview.png")
+    written.append(out_dir / "overview.png")
+    return written
