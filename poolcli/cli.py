@@ -167,13 +167,16 @@ def _report_run(console, summary) -> None:
         what = f"{summary.written} feature maps" + (
             f" of shape {_shape(shape)}" if isinstance(shape, list) else " (their size follows each image's)" if shape else ""
         )
-    rate = summary.written / summary.seconds if summary.seconds else 0.0
-    line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
+    if summary.processed == 0:
+        line = f"nothing to do: {summary.out} already holds {what}"
+    else:
+        rate = summary.processed / summary.seconds if summary.seconds else 0.0
+        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
         extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
-    if summary.shards_resumed:
-        extras.append(f"{summary.shards_resumed} of {summary.shards} shards already complete")
+    if summary.shards_resumed and summary.processed:
+        extras.append(f"resumed: {summary.shards_resumed} of {summary.shards} shards were already complete")
     console.print(line + ("; " + ", ".join(extras) if extras else ""))
     for failure in summary.failures[:10]:
         console.print(Text(f"  failed: {failure['path']} [{failure['stage']}]: {failure['error']}", style="yellow"))

@@ -39,6 +39,7 @@ class RunSummary:
     skipped: int = 0
     shards: int = 0
     shards_resumed: int = 0
+    processed: int = 0  # inputs handled by this call (the others were in complete shards)
     dim: int | None = None
     map_shape: list[int] | str | None = None
     seconds: float = 0.0
@@ -113,6 +114,7 @@ def run(
     finally:
         decoded.close()
 
+    summary.processed = len(keys)
     summary.written = sum(s["written"] for s in done_stats.values())
     summary.failed = sum(s["failed"] for s in done_stats.values())
     summary.dim, summary.map_shape = manifest.get("dim"), manifest.get("map_shape")
