@@ -248,3 +248,63 @@ def conv_bank(x, bank, channels="mean", **conv_args):
 
 
 # --- R-MAC and Hopfield pooling --------------------------------------------------------------------
+
+
+def rmac_grid(H, W, levels):
+    """cirtorch's R-MAC regions as (top, left, side) squares, the whole map left out. Its float
+    steps are float32 torch tensors, redone here one float32 operation at a time."""
+    f32 = np.float32
+    w = min(H, W)
+    Hd = Wd = 0
+    if H != W:
+        gaps = []
+        for s in range(2, 8):
+            b = (f32(1) / f32(s - 1)) * f32(max(H, W) - w)  # torch: int / tensor = reciprocal * int
+            gaps.append(abs((f32(w * w) - b * f32(w)) / f32(w * w) - f32(0.4)))
+        extra = gaps.index(min(gaps)) + 1  # the first of equal gaps, like torch.min
+        if H < W:
+            Wd = extra
+        else:
+            Hd = extra
+
+    def starts(length, wl, wl2, n):
+        b = 0.0 if n == 1 else (length - wl) / (n - 1)
+        return [int(math.floor(f32(f32(i) * f32(b)) + f32(wl2))) - wl2 for i in range(n)]
+
+    grid = []
+    for l in range(1, levels + 1):
+        wl = math.floor(2 * w / (l + 1))
+        wl2 = math.floor(wl / 2 - 1)
+        if wl == 0:
+            continue
+        for top in starts(H, wl, wl2, l + Hd):
+            for left in starts(W, wl, wl2, l + Wd):
+                grid.append((top, left, wl))
+    return grid
+
+
+def rmac(x, levels=3, eps=1e-6):
+    """Sum over the whole map and every grid region of the region's max per channel divided by
+    (its L2 norm over channels + eps), in float64."""
+    C, H, W = x.shape
+    blocks = [x] + [x[:, t : t + s, l : l + s] for t, l, s in rmac_grid(H, W, levels)]
+    total = np.zeros(C)
+    for block in blocks:
+        m = np.array([np.max(block[c]) for c in range(C)], np.float64)  # np.max propagates NaN
+        total += m / (math.sqrt(sum(v * v for v in m)) + eps)
+    return total.astype(np.float32)
+
+
+def hopfield_pool(x, beta=None, steps=1, query="mean"):
+    """Patterns X[n] = x[:, n // W, n % W]; xi = X^T softmax(beta * X xi), ``steps`` times, from the
+    mean pattern or the max per channel; beta defaults to 1/sqrt(C). float64 throughout."""
+    C, H, W = x.shape
+    X = [x[:, n // W, n % W].astype(np.float64) for n in range(H * W)]
+    beta = 1 / math.sqrt(C) if beta is None else beta
+    xi = np.mean(X, axis=0) if query == "mean" else np.max(X, axis=0)
+    for _ in range(steps):
+        scores = [beta * float(np.dot(p, xi)) for p in X]
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        xi = sum(wt * p for wt, p in zip(weights, X)) / sum(weights)
+    return np.asarray(xi, np.float32)
