@@ -247,6 +247,133 @@ def conv_bank(x, bank, channels="mean", **conv_args):
 # --- center, corner, strip pooling, upsampling, pyramid fusion ------------------------------------
 
 
+def center_pool(x, mode="window", kernel_size=None, stride=None):
+    """window: the value at (i*sh + (kh-1)//2, j*sw + (kw-1)//2) for every floor-mode window;
+    cross: the maximum of row i plus the maximum of column j (np.max propagates NaN)."""
+    C, H, W = x.shape
+    if mode == "cross":
+        out = np.zeros_like(x)
+        for c, i, j in np.ndindex(x.shape):
+            with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as it should be
+                out[c, i, j] = np.max(x[c, i, :]) + np.max(x[c, :, j])
+        return out
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride or kernel_size)
+    oh, ow = pool_out_size(H, kh, sh, 0, False), pool_out_size(W, kw, sw, 0, False)
+    out = np.zeros((C, oh, ow), np.float32)
+    for c, i, j in np.ndindex(out.shape):
+        out[c, i, j] = x[c, i * sh + (kh - 1) // 2, j * sw + (kw - 1) // 2]
+    return out
+
+
+def directional_max(x, direction):
+    """CornerNet's pools, each position included: top = max over the rows below (k >= i),
+    bottom = over the rows above (k <= i), left = over the columns to the right (l >= j),
+    right = over the columns to the left (l <= j)."""
+    out = np.zeros_like(x)
+    for c, i, j in np.ndindex(x.shape):
+        span = {
+            "top": x[c, i:, j],
+            "bottom": x[c, : i + 1, j],
+            "left": x[c, i, j:],
+            "right": x[c, i, : j + 1],
+        }[direction]
+        out[c, i, j] = np.max(span)
+    return out
+
+
+def corner_pool(x, corner="top_left", cascade=False):
+    """top_left = Top(x) + Left(x); cascaded, Top(x + Left(x)) + Left(x + Top(x)); likewise
+    for the other corners (the vertical pool named first)."""
+    vertical, horizontal = corner.split("_")
+
+    def V(y):
+        return directional_max(y, vertical)
+
+    def Hz(y):
+        return directional_max(y, horizontal)
+
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as it should be
+        return V(x + Hz(x)) + Hz(x + V(x)) if cascade else V(x) + Hz(x)
+
+
+def strip_pool(x, reduce="avg", fuse="add"):
+    """r = the mean (float64, rounded to float32) or max of row i, q = that of column j;
+    add: r + q; gate: x * sigmoid(r + q)."""
+
+    def strip(values):
+        if reduce == "max":
+            return np.max(values)
+        with np.errstate(invalid="ignore"):
+            return np.float32(values.astype(np.float64).mean())
+
+    out = np.zeros_like(x)
+    for c, i, j in np.ndindex(x.shape):
+        with np.errstate(invalid="ignore"):
+            s = strip(x[c, i, :]) + strip(x[c, :, j])
+            out[c, i, j] = s if fuse == "add" else x[c, i, j] * activation(np.array([s]), "sigmoid")[0]
+    return out
+
+
+def upsample_sources(in_size, out_size, scale, mode):
+    """ATen's source rule along one axis for output index o: [(input index, weight), ...].
+
+    An axis whose size does not change is copied (weight 1, and for bilinear a second weight 0
+    on the same pixel); nearest halves the index when the size exactly doubles, else takes
+    min(floor(o * scale), L - 1) in float32; bilinear reads scale * (o + 0.5) - 0.5 rounded
+    once to float32, clamped at 0, and weighs its floor and the next pixel (the last repeats)."""
+    f32 = np.float32
+
+    def sources(o):
+        if mode == "nearest":
+            if out_size == in_size:
+                return [(o, 1.0)]
+            if out_size == 2 * in_size:
+                return [(o // 2, 1.0)]
+            return [(min(int(np.floor(f32(o) * scale)), in_size - 1), 1.0)]
+        if out_size == in_size:
+            return [(o, f32(1)), (o, f32(0))]
+        real = max(f32(float(scale) * (o + 0.5) - 0.5), f32(0))  # one rounding, as ATen's fused multiply-add
+        index = min(int(np.floor(real)), in_size - 1)
+        weight = min(max(real - f32(index), f32(0)), f32(1))
+        return [(index, f32(1) - weight), (min(index + 1, in_size - 1), weight)]
+
+    return [sources(o) for o in range(out_size)]
+
+
+def upsample(x, size=None, scale_factor=None, mode="nearest"):
+    """torch interpolate (align_corners=False): the output size is ``size`` or
+    floor(L * scale_factor); the float32 scale is 1 / scale_factor when one is given, else
+    L / size; every tap is multiplied by its weight (0 * inf is NaN, as in torch)."""
+    C, H, W = x.shape
+    if size is not None:
+        (oh, ow) = _pair(size)
+        scales = (np.float32(H) / np.float32(oh), np.float32(W) / np.float32(ow))
+    else:
+        sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+        oh, ow = math.floor(float(H) * sh), math.floor(float(W) * sw)
+        scales = (np.float32(1.0 / sh), np.float32(1.0 / sw))
+    rows, cols = upsample_sources(H, oh, scales[0], mode), upsample_sources(W, ow, scales[1], mode)
+    out = np.zeros((C, oh, ow), np.float32)
+    for c, i, j in np.ndindex(out.shape):
+        with np.errstate(invalid="ignore"):
+            out[c, i, j] = sum(
+                float(x[c, r, s]) * float(u) * float(v) for r, u in rows[i] for s, v in cols[j]
+            )
+    return out
+
+
+def pyramid_fuse(xs, output_size, pool="max", fuse="max"):
+    """Each map adaptively pooled to output_size, then per position the max (NaN wins), sum or
+    mean of the pooled values."""
+    pooled = [adaptive_pool(x, output_size, pool) for x in xs]
+    out = np.zeros_like(pooled[0])
+    for c, i, j in np.ndindex(out.shape):
+        values = np.array([float(p[c, i, j]) for p in pooled])
+        with np.errstate(invalid="ignore"):
+            out[c, i, j] = {"max": np.max, "sum": np.sum, "mean": np.mean}[fuse](values)
+    return out
+
+
 # --- R-MAC and Hopfield pooling --------------------------------------------------------------------
 
 
