@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 
 from poolcli.errors import ConfigError
-from poolcli.stages import STAGES
+from poolcli.stages import STAGES, Stage
 
 # The SPEC's worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
 WORKED_MAP = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.float32)[None]
@@ -66,14 +66,23 @@ def _grid(array: np.ndarray) -> str:
     return np.array2string(array, precision=4, suppress_small=True, separator=", ", max_line_width=100)
 
 
-def worked_example(stage_type: str) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(parameters, input, output) of the stage's worked example on the 4x4 map."""
+def example_call(stage_type: str, x: np.ndarray) -> tuple[dict, Stage, tuple[np.ndarray, ...]]:
+    """(parameters, stage, inputs) of the stage's example (its ``example`` parameters) on the map
+    ``x``: the inputs are ``x``, twice for a multi-input stage. A stage that takes something
+    else (max_unpool: an earlier max_pool's output and input) has a classmethod
+    ``example_call(params, x)`` that returns all three."""
     cls = _lookup(stage_type)
     params = {"type": stage_type, **getattr(cls, "example", {})}
-    stage = cls.model_validate(params)
+    if hasattr(cls, "example_call"):
+        return cls.example_call(params, x)
+    return params, cls.model_validate(params), ((x, x) if cls.inputs == "many" else (x,))
+
+
+def worked_example(stage_type: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(parameters, input, output) of the stage's worked example on the 4x4 map."""
     x = WORKED_MAP.copy()
-    y = stage(x, x) if cls.inputs == "many" else stage(x)
-    return params, x, y
+    params, stage, inputs = example_call(stage_type, x)
+    return params, x, stage(*inputs)
 
 
 def describe_stage(stage_type: str) -> str:

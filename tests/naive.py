@@ -244,6 +244,99 @@ def conv_bank(x, bank, channels="mean", **conv_args):
 # --- fractional, stochastic, soft pooling and unpooling ------------------------------------------
 
 
+def fractional_starts(sample, size, out_size, kernel):
+    """torch's window starts along one axis, each step in float32 as torch computes them for a
+    float32 map: ``int((i + u) * alpha) - int(u * alpha)``, ``alpha = (size - k) / (out - 1)``;
+    the last window starts at ``size - k``."""
+    if out_size == 1:
+        return [size - kernel]
+    u = np.float32(sample)
+    alpha = np.float32(size - kernel) / np.float32(out_size - 1)
+    return [int((np.float32(i) + u) * alpha) - int(u * alpha) for i in range(out_size - 1)] + [size - kernel]
+
+
+def fractional_max_pool(x, kernel_size, output_size, samples):
+    """torch fractional_max_pool2d; ``samples``: (C, 2) rows of (u_h, u_w) (torch's
+    ``_random_samples`` holds (u_w, u_h)). np.max propagates NaN, as torch does."""
+    (kh, kw), (oh, ow) = _pair(kernel_size), _pair(output_size)
+    out = np.zeros((x.shape[0], oh, ow), np.float32)
+    for c in range(x.shape[0]):
+        rows = fractional_starts(samples[c][0], x.shape[1], oh, kh)
+        cols = fractional_starts(samples[c][1], x.shape[2], ow, kw)
+        for i, r in enumerate(rows):
+            for j, s in enumerate(cols):
+                out[c, i, j] = np.max(x[c, r : r + kh, s : s + kw])
+    return out
+
+
+def _floor_windows(x, kernel_size, stride):
+    """(c, i, j, values) for every floor-mode window, its values row-major as Python floats."""
+    oh, ow, taps = _window_taps(x.shape, kernel_size, stride, 0, 1, False)
+    for c in range(x.shape[0]):
+        for i in range(oh):
+            for j in range(ow):
+                yield c, i, j, [float(x[c, r, s]) for r, s in taps(i, j)]
+
+
+def _floor_output(x, kernel_size, stride):
+    """Zeros of the floor-mode output shape."""
+    oh, ow, _ = _window_taps(x.shape, kernel_size, stride, 0, 1, False)
+    return np.zeros((x.shape[0], oh, ow), np.float32)
+
+
+def stochastic_pool(x, kernel_size, stride=None, mode="eval", u=None):
+    """Zeiler & Fergus on a = max(x, 0) (NaN kept): eval ``sum a^2 / sum a``; train the first
+    a > 0 whose running sum reaches ``u[c, i, j] * sum a``. Sums in float64, left to right.
+    An all-zero window gives 0, a NaN NaN, else a +inf gives +inf."""
+    out = _floor_output(x, kernel_size, stride)
+    for c, i, j, values in _floor_windows(x, kernel_size, stride):
+        a = [0.0 if v <= 0 else v for v in values]
+        total = 0.0
+        for v in a:
+            total += v
+        if total == 0 or math.isnan(total) or total == math.inf:
+            out[c, i, j] = total
+        elif mode == "eval":
+            out[c, i, j] = sum(v * v for v in a) / total
+        else:
+            running = 0.0
+            for v in a:
+                running += v
+                if v > 0 and running >= u[c, i, j] * total:
+                    out[c, i, j] = v
+                    break
+    return out
+
+
+def soft_pool(x, kernel_size, stride=None):
+    """``sum softmax(a) * a`` per window: NaN gives NaN, else +inf gives +inf, all -inf gives
+    -inf; otherwise the -inf terms have weight 0 and the rest is the stable formula in float64."""
+    out = _floor_output(x, kernel_size, stride)
+    for c, i, j, values in _floor_windows(x, kernel_size, stride):
+        if any(math.isnan(v) for v in values):
+            out[c, i, j] = math.nan
+        elif math.inf in values:
+            out[c, i, j] = math.inf
+        elif all(v == -math.inf for v in values):
+            out[c, i, j] = -math.inf
+        else:
+            a = np.array([v for v in values if v != -math.inf])
+            weights = np.exp(a - a.max())
+            out[c, i, j] = np.sum(weights * a) / np.sum(weights)
+    return out
+
+
+def max_unpool(x, indices, output_size):
+    """torch max_unpool2d run on one thread: zeros, then x[c].flat[p] written at flat position
+    indices[c].flat[p] for p in order, so a later write wins."""
+    oh, ow = output_size
+    out = np.zeros((x.shape[0], oh * ow), np.float32)
+    for c in range(x.shape[0]):
+        for value, index in zip(x[c].ravel(), indices[c].ravel()):
+            out[c, index] = value
+    return out.reshape(x.shape[0], oh, ow)
+
+
 # --- center, corner, strip pooling, upsampling, pyramid fusion ------------------------------------
 
 
