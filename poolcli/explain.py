@@ -4,8 +4,11 @@ example computed live on the SPEC's 4x4 map."""
 from __future__ import annotations
 
 import difflib
+import json
 import inspect
 import textwrap
+import types
+import typing
 
 import numpy as np
 
@@ -48,13 +51,49 @@ def _intro(cls) -> str:
     return doc.split("\n\nExamples")[0].strip()
 
 
+def type_label(annotation) -> str:
+    """A parameter's type as a user writes it in YAML.
+
+    >>> from typing import Literal, Optional
+    >>> type_label(Optional[tuple[int, int]]), type_label(Literal["avg", "max"]), type_label(list[float])
+    ('int or [h, w], or null', 'avg | max', 'list of float')
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is typing.Annotated:
+        return type_label(args[0])
+    if origin is typing.Literal:
+        return " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return ", or ".join(type_label(a) for a in args)
+    if origin is tuple:
+        return "int or [h, w]" if args == (int, int) else "[" + ", ".join(type_label(a) for a in args) + "]"
+    if origin is list:
+        return "list of " + type_label(args[0])
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def yaml_value(value) -> str:
+    """A default as it would be written in YAML: null, true, [2, 2], even.
+
+    >>> yaml_value(None), yaml_value(False), yaml_value((1, 1)), yaml_value("even"), yaml_value(1e-06)
+    ('null', 'false', '[1, 1]', 'even', '1e-06')
+    """
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
+
+
 def _parameters(cls) -> list[str]:
     lines = []
     for name, field in cls.model_fields.items():
         if name in _COMMON:
             continue
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        default = "required" if field.is_required() else f"default {field.default!r}"
+        annotation = type_label(field.annotation)
+        default = "required" if field.is_required() else f"default {yaml_value(field.default)}"
         lines.append(f"  {field.alias or name}: {default}  [{annotation}]")
         if field.description:
             lines.extend("      " + line for line in textwrap.wrap(field.description, 88))
