@@ -133,9 +133,11 @@ def overview(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
         if array.ndim == 1:
             strips.append(bar_chart(array, title, height=OVERVIEW_HEIGHT - 40))
             continue
-        tiles = [_tile(array[c], OVERVIEW_HEIGHT) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
+        h, w = array.shape[1:]
+        longest = min(round(OVERVIEW_HEIGHT * max(h, w) / h), 4 * OVERVIEW_HEIGHT)  # rows share one height
+        tiles = [_tile(array[c], longest) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
         more = array.shape[0] - len(tiles)
-        strip = Image.new("RGB", (max(sum(t.width + 6 for t in tiles) + 16, 420), OVERVIEW_HEIGHT + 40), BACKGROUND)
+        strip = Image.new("RGB", (max(sum(t.width + 6 for t in tiles) + 16, 420), max(t.height for t in tiles) + 40), BACKGROUND)
         draw = ImageDraw.Draw(strip)
         draw.text((8, 6), title + (f"  (+{more} more channels)" if more > 0 else ""), fill=INK, font=_font(14))
         x = 8
