@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import naive
+import maps
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import GLOBAL, ReceptiveField
@@ -17,21 +18,13 @@ CORNERS = ["top_left", "bottom_right", "top_right", "bottom_left"]
 EDGE_SHAPES = [(1, 1, 1), (2, 1, 7), (2, 7, 1), (3, 5, 9), (1, 13, 4), (2, 6, 6)]
 
 
+def sample(rng, shape, specials=False, ties=False):
+    return maps.sample(rng, shape, specials, ties, every=15)
+
+
+
 def stage(type, **params):
     return STAGES[type].model_validate({"type": type, **params})
-
-
-def sample(rng, shape, specials=False, ties=False):
-    """Normal float32 values; ``ties`` rounds them to halves (equal maxima), ``specials`` puts
-    NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    if ties:
-        x = np.round(x * 2) / 2
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 15))] = value
-    return x
 
 
 # --- the SPEC's worked map, by hand -----------------------------------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import ReceptiveField
@@ -17,17 +18,6 @@ BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))  # the largest flo
 
 def stage(**params):
     return STAGES["fractional_max_pool"].model_validate({"type": "fractional_max_pool", **params})
-
-
-def sample(rng, shape, specials=False):
-    """Normal float32 values, rounded to halves (many ties); ``specials`` puts NaN, -inf and
-    +inf in a few places."""
-    x = np.round(rng.standard_normal(shape).astype(np.float32) * 2) / 2
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def torch_samples(samples):

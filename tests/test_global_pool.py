@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import GLOBAL, ReceptiveField
@@ -15,16 +16,6 @@ GLOBAL_TYPES = ["global_avg_pool", "global_max_pool", "gem"]
 
 def stage(type, **params):
     return STAGES[type].model_validate({"type": type, **params})
-
-
-def sample(rng, shape, specials=False):
-    """Normal float32 values; ``specials`` puts NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def test_aliases_are_the_same_stages():

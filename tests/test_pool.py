@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import GLOBAL, ReceptiveField
@@ -17,19 +18,6 @@ POOL_TYPES = ["max_pool", "avg_pool", "lp_pool", "adaptive_avg_pool", "adaptive_
 
 def stage(type, **params):
     return STAGES[type].model_validate({"type": type, **params})
-
-
-def sample(rng, shape, specials=False, ties=False):
-    """Normal float32 values; ``ties`` rounds them to halves (many equal maxima), ``specials``
-    puts NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    if ties:
-        x = np.round(x * 2) / 2
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def assert_sums_close(actual, expected, x):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import ReceptiveField
@@ -17,16 +18,6 @@ VARIANTS = [(pool, fuse) for pool in ("max", "avg") for fuse in ("max", "sum", "
 
 def stage(**params):
     return STAGES["pyramid_fuse"].model_validate({"type": "pyramid_fuse", "from": ["a", "b"], **params})
-
-
-def sample(rng, shape, specials=False):
-    """Normal float32 values; ``specials`` puts NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def assert_fused(actual, expected, xs, message=""):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import ReceptiveField
@@ -16,17 +17,6 @@ WORKED = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.f
 
 def stage(**params):
     return STAGES["stochastic_pool"].model_validate({"type": "stochastic_pool", **params})
-
-
-def sample(rng, shape, specials=False):
-    """Normal float32 values, about half of them negative (clamped to 0), some windows all
-    negative; ``specials`` puts NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def test_worked_example():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
 from poolcli.stages.base import GLOBAL
@@ -17,16 +18,6 @@ VARIANTS = [(reduce, fuse) for reduce in ("avg", "max") for fuse in ("add", "gat
 
 def stage(**params):
     return STAGES["strip_pool"].model_validate({"type": "strip_pool", **params})
-
-
-def sample(rng, shape, specials=False):
-    """Normal float32 values times 3; ``specials`` puts NaN, -inf and +inf in a few places."""
-    x = rng.standard_normal(shape).astype(np.float32) * 3
-    if specials:
-        flat = x.reshape(-1)
-        for value in (np.nan, -np.inf, np.inf):
-            flat[rng.integers(0, flat.size, max(1, flat.size // 20))] = value
-    return x
 
 
 def test_worked_map_by_hand():
