@@ -328,5 +328,30 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+# --- retrieval ---------------------------------------------------------------------------------------
+
+
+@app.command("fit-whiten")
+@cli_errors
+def fit_whiten(
+    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from."),
+    path: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P)."),
+    dims: Optional[int] = typer.Option(None, "--dims", min=1, help="Components kept [default: every direction that varies]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Learn PCA whitening from a run's descriptors, for the whiten stage."""
+    from dataclasses import asdict
+
+    from poolcli.retrieval.whitening import fit_whitening
+
+    summary = fit_whitening(out, path, dims)
+    _stderr().print(
+        f"learnt whitening from {summary.descriptors} descriptors of length {summary.dim}: {summary.dims} "
+        f"components, {summary.variance:.1%} of the variance; use it on descriptors of different images "
+        "than these (whitening learnt on the searched set overfits it)"
+    )
+    print(json.dumps(asdict(summary), indent=2) if as_json else summary.path)
+
+
 def main() -> None:
     app(prog_name="poolcli")

@@ -9,6 +9,7 @@ stage's parameters are validated by its own model in :mod:`poolcli.stages`, thro
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,15 @@ class OutputConfig(Model):
     dtype: Literal["float32", "float16"] = "float32"
 
 
+def _scale(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"each scale must be a number > 0, got {value!r}")
+    return float(value)
+
+
+Scale = Annotated[float, BeforeValidator(_scale), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
+
+
 class PipelineConfig(Model):
     """The whole config. ``stages`` stay raw dicts here: each is validated by its stage model."""
 
@@ -123,6 +133,9 @@ class PipelineConfig(Model):
     input: InputConfig = InputConfig()
     stages: list[dict[str, Any]] = Field(min_length=1)
     output: OutputConfig = OutputConfig()
+    multiscale: Annotated[list[Scale], Field(min_length=1)] | None = Field(
+        None, description="run the pipeline at each of these scales of the input and combine the descriptors"
+    )
     base_dir: Path = Field(default=Path("."), exclude=True)  # relative paths resolve here
 
     @model_validator(mode="before")

@@ -18,6 +18,10 @@ import numpy as np
 from poolcli.config import PipelineConfig, line_of, load_config, read_config_file
 from poolcli.errors import ConfigError, ShapeError
 from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
+from poolcli.stages.global_pool import GeMPool
+from poolcli.stages.resample import Upsample
+from poolcli.stages.rmac import RMAC
+from poolcli.stages.whiten import Whiten
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class Pipeline:
         self.nodes = _build_nodes(config)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
+        if config.multiscale and self.kind != "descriptors":
+            raise ConfigError(
+                "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",
+                loc=("multiscale",),
+            )
 
     # --- construction ---------------------------------------------------------------------
 
@@ -103,16 +112,61 @@ class Pipeline:
     def normalize(self) -> str:
         return self.config.output.normalize or ("l2" if self.kind == "descriptors" else "none")
 
+    @property
+    def multiscale_power(self) -> float:
+        """The power ``p`` of the multi-scale mean, as cnnimageretrieval-pytorch picks it: the
+        GeM ``p`` when the descriptor is one GeM pooling, neither regional (rmac) nor whitened;
+        else 1, the plain mean."""
+        stages = [node.stage for node in self.nodes if node.name in self._needed]
+        powers = {stage.p for stage in stages if isinstance(stage, GeMPool)}
+        plain = not any(isinstance(stage, (RMAC, Whiten)) for stage in stages)
+        return powers.pop() if len(powers) == 1 and plain else 1.0
+
     def trace(self, shape: tuple[int, ...]) -> list[TraceRecord]:
         """One record per stage for an input of ``shape`` ((C, H, W), or (H, W) for C = input
-        channels); raises :class:`ShapeError` naming the first stage that cannot fit. Runs no kernel."""
+        channels); raises :class:`ShapeError` naming the first stage that cannot fit. Runs no kernel.
+
+        With ``multiscale``, the stages are traced at every scale: the records of a scale other
+        than 1 follow a ``rescale`` record and carry ``@scale`` in their names, and a last
+        ``multiscale`` record combines the descriptors."""
         shape = tuple(int(s) for s in shape)
         if len(shape) == 2:
             shape = (self.input_channels, *shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ShapeError(f"an input shape is (C, H, W) with every size >= 1, got {shape}")
+        if not self.config.multiscale:
+            return self._trace_at(shape, ReceptiveField())
+        records, lengths = [], {}
+        for scale in self.config.multiscale:
+            suffix, rf, scaled = "", ReceptiveField(), shape
+            if scale != 1:
+                suffix = f"@{scale:g}"
+                resize = _rescale(scale)
+                try:
+                    scaled = resize.output_shape(shape)
+                except ShapeError as exc:
+                    raise ShapeError(f"multiscale {scale:g}: {exc}", stage="multiscale") from None
+                rf = resize.receptive_field(rf, shape)
+                records.append(TraceRecord("input" + suffix, "rescale", shape, scaled, 0, resize.macs(shape), rf,
+                                           4 * math.prod(scaled)))
+            records.extend(self._trace_at(scaled, rf, suffix))
+            lengths[scale] = records[-1].out_shape
+        first = self.config.multiscale[0]
+        for scale, length in lengths.items():
+            if length != lengths[first]:
+                raise ShapeError(
+                    f"multiscale: the descriptor has length {lengths[first][0]} at scale {first:g} but "
+                    f"{length[0]} at scale {scale:g}; every scale must give the same length",
+                    stage="multiscale",
+                )
+        out = lengths[first]
+        records.append(TraceRecord("multiscale", "multiscale", tuple(lengths.values()), out, 0,
+                                   3 * len(lengths) * out[0], records[-1].receptive_field, 4 * out[0]))
+        return records
+
+    def _trace_at(self, shape: tuple[int, int, int], field: ReceptiveField, suffix: str = "") -> list[TraceRecord]:
         shapes = {"input": shape}
-        fields = {"input": ReceptiveField()}
+        fields = {"input": field}
         records = []
         for node in self.nodes:
             ins = [shapes[n] for n in node.inputs]
@@ -122,9 +176,10 @@ class Pipeline:
                 params, macs = stage.params(*ins), stage.macs(*ins)
                 rf = stage.receptive_field(fields[node.inputs[0]], *ins)
             except ShapeError as exc:
-                raise ShapeError(f"stage '{node.name}' ({stage.type}): {exc}", stage=node.name) from None
+                at = f" at scale {suffix[1:]}" if suffix else ""
+                raise ShapeError(f"stage '{node.name}' ({stage.type}){at}: {exc}", stage=node.name) from None
             shapes[node.name], fields[node.name] = out, rf
-            records.append(TraceRecord(node.name, stage.type, ins[0] if len(ins) == 1 else tuple(ins), out,
+            records.append(TraceRecord(node.name + suffix, stage.type, ins[0] if len(ins) == 1 else tuple(ins), out,
                                        params, macs, rf, 4 * math.prod(out)))
         return records
 
@@ -136,23 +191,38 @@ class Pipeline:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map.
 
+        With ``multiscale`` (as cnnimageretrieval-pytorch's ``extract_ms``): the standardised
+        input is resized by each scale (bilinear, = torch ``interpolate``), each scale's
+        descriptor is computed and normalised, and they are combined by the power mean
+        ``(mean_s y_s^p)^(1/p)`` (:attr:`multiscale_power`; powers of negative entries keep
+        their sign), then normalised.
+
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
-        return self._normalize(self._run(x, keep_all=False)[self.final.name])
+        x = _as_map(x)
+        self.trace(x.shape)  # every shape problem is found here, before any kernel runs
+        if not self.config.multiscale:
+            return self._normalize(self._run(x, keep_all=False)[self.final.name])
+        power = self.multiscale_power
+        total = None
+        for scale in self.config.multiscale:
+            y = self._normalize(self._run(x, keep_all=False, scale=scale)[self.final.name])
+            y = _signed_power(y.astype(np.float64), power)
+            total = y if total is None else total + y
+        combined = _signed_power(total / len(self.config.multiscale), 1.0 / power)
+        return self._normalize(combined.astype(np.float32))
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every stage's output by name (``input``: the standardised input), before the output
-        normalisation: what ``poolcli show`` draws."""
+        normalisation: what ``poolcli show`` draws. At scale 1 only, even with ``multiscale``."""
+        x = _as_map(x)
+        self._trace_at(x.shape, ReceptiveField())
         return self._run(x, keep_all=True)
 
-    def _run(self, x: np.ndarray, keep_all: bool) -> dict[str, np.ndarray]:
-        x = np.asarray(x)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3:
-            raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
-        self.trace(x.shape)  # every shape problem is found here, before any kernel runs
+    def _run(self, x: np.ndarray, keep_all: bool, scale: float = 1.0) -> dict[str, np.ndarray]:
         values = {"input": self._standardize(x)}
+        if scale != 1:
+            values["input"] = _rescale(scale)(values["input"])
         for node in self.nodes:
             if not keep_all and node.name not in self._needed:
                 continue
@@ -181,6 +251,26 @@ class Pipeline:
         axis = 0
         norm = np.sqrt(np.sum(np.square(y, dtype=np.float64), axis=axis, keepdims=True))
         return (y / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _as_map(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
+    return x
+
+
+def _rescale(scale: float) -> Upsample:
+    """The multi-scale resize: bilinear by ``scale``, = torch ``interpolate`` (align_corners
+    false), as cirtorch's ``extract_ms`` resizes."""
+    return Upsample(type="upsample", scale_factor=scale, mode="bilinear")
+
+
+def _signed_power(y: np.ndarray, power: float) -> np.ndarray:
+    """``sign(y) * |y| ** power``: ``y ** power`` wherever that is defined (y >= 0)."""
+    return y if power == 1 else np.sign(y) * np.abs(y) ** power
 
 
 def _build_nodes(config: PipelineConfig) -> list[Node]:

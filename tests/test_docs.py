@@ -23,7 +23,7 @@ SPEC_OPERATORS = [
     "conv", "activation", "max_pool", "avg_pool", "lp_pool", "adaptive_avg_pool", "adaptive_max_pool",
     "fractional_max_pool", "stochastic_pool", "soft_pool", "center_pool", "corner_pool", "strip_pool",
     "max_unpool", "upsample", "pyramid_fuse", "concat", "global_avg_pool", "global_max_pool", "gem", "spp",
-    "rmac", "hopfield_pool", "flatten",
+    "rmac", "hopfield_pool", "flatten", "whiten",
 ]
 
 

@@ -17,6 +17,7 @@ from poolcli.stages import (  # noqa: F401  (importing a module registers its st
     stochastic,
     strip,
     unpool,
+    whiten,
 )
 from poolcli.stages.base import STAGES, ReceptiveField, Stage, build_stage, register_stage
 
