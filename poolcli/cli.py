@@ -353,5 +353,47 @@ def fit_whiten(
     print(json.dumps(asdict(summary), indent=2) if as_json else summary.path)
 
 
+@app.command()
+@cli_errors
+def search(
+    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder."),
+    queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
+    keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
+    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    as_json: bool = typer.Option(False, "--json", help="Print a list with one object per query."),
+) -> None:
+    """Find the descriptors in OUT nearest (cosine) to query images or rows."""
+    from poolcli.retrieval.search import search as run_search
+
+    results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+    if note:
+        _stderr().print(note, markup=False)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    for number, result in enumerate(results):
+        label = f"{result.query} (key {result.key})" if result.key is not None else result.query
+        print(("\n" if number else "") + f"query: {label}")
+        width = max(len(str(h.key)) for h in result.hits) if result.hits else 3
+        print(f"  rank  score   {'key':>{width}}  path")
+        for rank, hit in enumerate(result.hits, 1):
+            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}")
+
+
+@app.command()
+@cli_errors
+def index(
+    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder."),
+    kind: str = typer.Option("flat", "--kind", help="flat (exact inner product) or hnsw (approximate)."),
+) -> None:
+    """Write a faiss index of OUT's descriptors to OUT/index/ (needs poolcli[faiss])."""
+    from poolcli.retrieval.index import build_index
+
+    summary = build_index(out, kind)
+    _stderr().print(f"indexed {summary.rows} descriptors of length {summary.dim} ({summary.kind})", markup=False)
+    print(summary.path)
+
+
 def main() -> None:
     app(prog_name="poolcli")

@@ -244,6 +244,7 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "shard_size": shard_size,
         "inputs": len(listing),
         "input_root": listing.root,
+        "config_dir": str(Path(pipeline.config.base_dir).resolve()),  # where pipeline.yaml's relative paths point
         "complete": False,
     }
 
