@@ -23,7 +23,7 @@ import numpy as np
 from poolcli import __version__
 from poolcli.errors import ImageError, PoolcliError, ShapeError
 from poolcli.io.inputs import InputList, collect_inputs
-from poolcli.io.output import RunFolder, save_json
+from poolcli.io.output import RunFolder
 from poolcli.pipeline import Pipeline
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own limit
@@ -83,6 +83,12 @@ def run(
     started = time.perf_counter()
     listing = collect_inputs(inputs, exclude=out)
     folder = RunFolder(out)
+    with folder.lock():  # a second run into the same folder is refused, not interleaved
+        return _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels,
+                           progress)
+
+
+def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels, progress):
     manifest = _manifest(pipeline, listing, shard_size)
     old = folder.open(manifest, _config_text(pipeline), overwrite)
     if old is not None:
@@ -91,7 +97,7 @@ def run(
     _configure_pillow(max_pixels)
 
     n_shards = -(-len(listing) // shard_size)
-    summary = RunSummary(str(out), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
+    summary = RunSummary(str(folder.path), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
     done_stats = {i: s for i in range(n_shards) if (s := folder.shard_stats(i)) is not None}
     summary.shards_resumed = len(done_stats)
     pending = [i for i in range(n_shards) if i not in done_stats]
@@ -123,7 +129,7 @@ def run(
         "inputs": len(listing), "written": summary.written, "failed": summary.failed,
         "skipped": listing.skipped, "shards": n_shards,
     })
-    save_json(folder.manifest_path, manifest)
+    folder.save_manifest(manifest)
     return summary
 
 
@@ -161,7 +167,7 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
         if kind == "descriptors":
             if manifest.get("dim") is None:
                 manifest["dim"] = int(y.shape[0])
-                save_json(folder.manifest_path, manifest)
+                folder.save_manifest(manifest)
             if y.shape[0] != manifest["dim"]:
                 fail(key, pipeline.final.name, f"descriptor length {y.shape[0]} differs from the run's {manifest['dim']}")
                 continue
@@ -170,14 +176,11 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
             shape = list(y.shape)
             if manifest.get("map_shape") is None:
                 manifest["map_shape"] = shape
-                save_json(folder.manifest_path, manifest)
+                folder.save_manifest(manifest)
             elif manifest["map_shape"] not in (shape, "varies"):
                 manifest["map_shape"] = "varies"  # maps follow each image's size
-                save_json(folder.manifest_path, manifest)
-            try:
-                row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
-            except OSError as exc:
-                raise PoolcliError(f"cannot write to {folder.path}: {exc.strerror or exc}") from None
+                folder.save_manifest(manifest)
+            row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
         rows.append(row)
 
     stacked = np.stack(vectors) if vectors else None
@@ -185,10 +188,7 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
         "shard": shard, "first_key": first, "end_key": end, "written": len(rows), "failed": len(failures),
         "seconds": round(time.perf_counter() - started, 3), "poolcli_version": __version__,
     }
-    try:
-        folder.write_shard(shard, kind, stacked, rows, failures, stats)
-    except OSError as exc:
-        raise PoolcliError(f"cannot write to {folder.path}: {exc.strerror or exc}") from None
+    folder.write_shard(shard, kind, stacked, rows, failures, stats)
     summary.failures.extend(failures)
     return stats
 

@@ -7,10 +7,12 @@ killed run never leaves a file that looks complete. A shard is complete when its
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,8 +20,14 @@ import numpy as np
 
 from poolcli.errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 FOLDERS = ("descriptors", "maps", "metadata", "failures", "stats")
 FILES = ("manifest.json", "pipeline.yaml")
+LOCK_FILE = ".lock"  # held by the run writing the folder; never removed
 # What identifies a run: resuming needs all of these to match.
 IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
 
@@ -87,10 +95,49 @@ def failures_schema():
 
 
 class RunFolder:
-    """One run's output folder."""
+    """One run's output folder.
+
+    Every method that writes raises :class:`OutputError` (one line, saying how to resume) when
+    the operating system refuses the write: a full disk, a read-only folder, a lost mount."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @contextmanager
+    def writing(self):
+        """Turn an ``OSError`` raised while writing the folder into one-line :class:`OutputError`."""
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                hint = "free some space, then run the same command again to resume"
+            else:
+                hint = "once it is writable, run the same command again to resume"
+            raise OutputError(f"cannot write to {self.path}: {reason}; {hint}") from None
+
+    @contextmanager
+    def lock(self):
+        """Hold ``OUT/.lock`` while a run writes the folder: a second run into the same folder is
+        refused rather than interleaved. The lock is the operating system's (``flock``), so it
+        ends with the process however the process ends: a killed run leaves no stale lock."""
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"output {self.path} exists and is not a folder")
+        with self.writing():
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _try_lock(fd):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                raise OutputError(
+                    f"{self.path} is in use by another poolcli run{f' (process {holder})' if holder.isdigit() else ''}; "
+                    "wait for it to finish, or choose another output folder"
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @property
     def manifest_path(self) -> Path:
@@ -121,7 +168,7 @@ class RunFolder:
                 raise OutputError(
                     f"{self.path} holds another run (different {what}); use --overwrite to replace it, or another folder"
                 )
-        try:
+        with self.writing():
             self.path.mkdir(parents=True, exist_ok=True)
             unused = "maps" if manifest["kind"] == "descriptors" else "descriptors"
             for folder in FOLDERS:
@@ -131,15 +178,20 @@ class RunFolder:
             atomic_write(self.path / "pipeline.yaml", lambda f: f.write(config_text.encode("utf-8")))
             if old is None:
                 save_json(self.manifest_path, manifest)
-        except OSError as exc:
-            raise OutputError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
         return old
 
     def clear(self) -> None:
-        for folder in FOLDERS:
+        # The completion marks go first: a run killed while clearing leaves no shard that
+        # looks complete without its data, and the manifest last, so the folder still says
+        # whose it is.
+        for folder in ("stats", *(f for f in FOLDERS if f != "stats")):
             shutil.rmtree(self.path / folder, ignore_errors=True)
         for name in FILES:
             (self.path / name).unlink(missing_ok=True)
+
+    def save_manifest(self, manifest: dict) -> None:
+        with self.writing():
+            save_json(self.manifest_path, manifest)
 
     def _remove_temporaries(self) -> None:
         """Temporary files left by a killed run."""
@@ -157,27 +209,51 @@ class RunFolder:
 
     def clear_shard(self, shard: int) -> None:
         """Remove what a killed run may have left of an incomplete shard."""
-        for folder, suffix in (("descriptors", ".npy"), ("metadata", ".parquet"), ("failures", ".parquet")):
-            (self.path / folder / part_name(shard, suffix)).unlink(missing_ok=True)
+        with self.writing():
+            for folder, suffix in (("descriptors", ".npy"), ("metadata", ".parquet"), ("failures", ".parquet")):
+                (self.path / folder / part_name(shard, suffix)).unlink(missing_ok=True)
 
     def write_map(self, relative: str, array: np.ndarray) -> str:
         """Write one image's map under maps/; returns its path relative to the folder."""
         target = self.path / "maps" / (relative + ".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_npy(target, array)
+        with self.writing():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_npy(target, array)
         return target.relative_to(self.path).as_posix()
 
     def write_shard(self, shard: int, kind: str, vectors: np.ndarray | None, rows: list[dict],
                     failures: list[dict], stats: dict) -> None:
         """The shard's descriptors, metadata and failures, then its stats (the completion mark).
         No empty part is written."""
-        if vectors is not None and len(vectors):
-            save_npy(self.path / "descriptors" / part_name(shard, ".npy"), vectors)
-        if rows:
-            save_parquet(self.path / "metadata" / part_name(shard, ".parquet"), rows, metadata_schema(kind))
-        if failures:
-            save_parquet(self.path / "failures" / part_name(shard, ".parquet"), failures, failures_schema())
-        save_json(self.path / "stats" / part_name(shard, ".json"), stats)
+        with self.writing():
+            if vectors is not None and len(vectors):
+                save_npy(self.path / "descriptors" / part_name(shard, ".npy"), vectors)
+            if rows:
+                save_parquet(self.path / "metadata" / part_name(shard, ".parquet"), rows, metadata_schema(kind))
+            if failures:
+                save_parquet(self.path / "failures" / part_name(shard, ".parquet"), failures, failures_schema())
+            save_json(self.path / "stats" / part_name(shard, ".json"), stats)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; False if another process holds it.
+    Where the file system cannot lock (some network mounts), the run goes on unlocked."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return True
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+            return False
+        raise
+    return True
 
 
 def read_descriptors(out: str | Path):
