@@ -395,5 +395,44 @@ def index(
     print(summary.path)
 
 
+@app.command("eval")
+@cli_errors
+def eval_(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML) that writes descriptors."),
+    images: List[str] = typer.Argument(..., metavar="IMAGES", help="Photographs: files, folders and globs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants."""
+    from poolcli.retrieval.evaluate import evaluate
+
+    err = _stderr()
+    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
+        report = evaluate(config, images, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    _print_eval(report)
+
+
+def _print_eval(report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.config}: {report.images} images, {report.database} database items "
+                        "(images and their quadrants)", title_justify="left")
+    table.add_column("transform")
+    for column in ("R@1", "R@5", "mAP", "baseline R@1", "baseline R@5", "baseline mAP"):
+        table.add_column(column, justify="right")
+    for row in [*report.transforms, None, report.overall]:
+        if row is None:
+            table.add_section()
+            continue
+        ours, base = row.config, row.baseline
+        table.add_row(row.transform, *(f"{v:.3f}" for v in (ours.recall_at_1, ours.recall_at_5, ours.map,
+                                                              base.recall_at_1, base.recall_at_5, base.map)))
+    _stdout().print(table)
+    print("baseline: a 16x16 grey thumbnail, compared by cosine like the config's descriptors")
+
+
 def main() -> None:
     app(prog_name="poolcli")
