@@ -32,7 +32,6 @@ import io
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +51,7 @@ from PIL import (  # noqa: F401
 
 from poolcli.config import InputConfig
 from poolcli.errors import ImageError
+from poolcli.io.storage import read_bytes
 
 #: The ``--max-pixels`` default: Pillow's own ``MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -210,7 +210,7 @@ def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -
 
 def _read_bytes(path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)  # a local path, or an fsspec URL
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or _describe(exc)}") from exc
     if not data:

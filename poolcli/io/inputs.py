@@ -1,14 +1,19 @@
-"""Turning the command line's files, folders and globs into one sorted list of inputs."""
+"""Turning the command line's files, folders and globs into one sorted list of inputs.
+
+Local paths are walked with os and glob; fsspec URLs (``s3://bucket/prefix``) are listed through
+:mod:`poolcli.io.storage`, with the same rules."""
 
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 from poolcli.errors import PoolcliError
+from poolcli.io.storage import RemotePath, is_url, local_path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".npy"})
 
@@ -36,6 +41,8 @@ class InputList:
         return digest.hexdigest()
 
     def relative(self, key: int) -> str:
+        if is_url(self.root):
+            return self.files[key][len(self.root):].lstrip("/")
         return os.path.relpath(self.files[key], self.root)
 
 
@@ -44,9 +51,15 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> Inpu
     absolute paths without duplicates. Files named directly are taken whatever their
     extension (they are decoded by content). ``exclude`` (the output folder) is never walked.
 
+    Inputs may also be fsspec URLs (all of them, then), listed the same way: a URL is taken
+    as a folder when objects lie under it.
+
     Raises :class:`PoolcliError` for an input that does not exist or a glob that matches
     nothing.
     """
+    inputs = [local_path(given) for given in inputs]
+    if any(is_url(given) for given in inputs):
+        return _collect_urls(inputs, exclude)
     excluded = os.path.abspath(exclude) if exclude is not None else None
     found: set[str] = set()
     skipped = 0
@@ -74,8 +87,8 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> Inpu
     return InputList(files, root, skipped)
 
 
-def _inside(path: str, folder: str | None) -> bool:
-    return folder is not None and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
+def _inside(path: str, folder: str | None, sep: str = os.sep) -> bool:
+    return folder is not None and (path == folder or path.startswith(folder.rstrip(sep) + sep))
 
 
 def _walk(folder: str, excluded: str | None) -> tuple[list[str], int]:
@@ -88,3 +101,45 @@ def _walk(folder: str, excluded: str | None) -> tuple[list[str], int]:
             else:
                 skipped += 1
     return files, skipped
+
+
+def _collect_urls(inputs: list[str], exclude) -> InputList:
+    if not all(is_url(given) for given in inputs):
+        raise PoolcliError("inputs mix local paths and URLs; give one kind: " + ", ".join(inputs))
+    excluded = str(RemotePath(str(exclude))) if exclude is not None and is_url(str(exclude)) else None
+    found: set[str] = set()
+    skipped = 0
+    try:
+        for given in inputs:
+            location = RemotePath(given)
+            if glob.has_magic(given):
+                paths = location.matches()
+                if not paths:
+                    raise PoolcliError(f"no file matches {given!r}")
+            elif location.exists():
+                paths = [location]
+            else:
+                raise PoolcliError(f"input not found: {given}")
+            for path in paths:
+                if path.is_dir():
+                    for file in path.files():
+                        url = str(file)
+                        if _inside(url, excluded, "/"):
+                            continue
+                        if os.path.splitext(file.name)[1].lower() in IMAGE_EXTENSIONS:
+                            found.add(url)
+                        else:
+                            skipped += 1
+                elif not _inside(str(path), excluded, "/"):
+                    found.add(str(path))
+    except OSError as exc:
+        raise PoolcliError(f"cannot list {', '.join(inputs)}: {exc}") from None
+    if not found:
+        raise PoolcliError("no image files found in " + ", ".join(inputs))
+    files = tuple(sorted(found))
+    scheme, _ = files[0].split("://", 1)
+    if any(not f.startswith(scheme + "://") for f in files):
+        raise PoolcliError("inputs on different kinds of storage; give URLs of one scheme: " + ", ".join(inputs))
+    keys = [f.split("://", 1)[1] for f in files]
+    root = f"{scheme}://" + posixpath.commonpath([posixpath.dirname(k) for k in keys])
+    return InputList(files, root, skipped)

@@ -11,7 +11,6 @@ import errno
 import io
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from poolcli.errors import OutputError
+from poolcli.io.storage import RemotePath, as_path, remove_tree
 
 try:
     import fcntl
@@ -41,7 +41,12 @@ def part_name(shard: int, suffix: str) -> str:
 
 def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     """Write ``path`` through ``write(file)`` to a temporary name beside it, then rename."""
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):  # object storage: a temporary key, then a move
+        buffer = io.BytesIO()
+        write(buffer)
+        path.write_atomic(buffer.getvalue())
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -101,7 +106,7 @@ class RunFolder:
     the operating system refuses the write: a full disk, a read-only folder, a lost mount."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = as_path(path)  # a Path, or a RemotePath for an fsspec URL
 
     @contextmanager
     def writing(self):
@@ -123,6 +128,9 @@ class RunFolder:
         ends with the process however the process ends: a killed run leaves no stale lock."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"output {self.path} exists and is not a folder")
+        if isinstance(self.path, RemotePath):  # object stores have no lock: nothing to hold
+            yield
+            return
         with self.writing():
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -159,7 +167,8 @@ class RunFolder:
             raise OutputError(f"output {self.path} exists and is not a folder")
         old = self.read_manifest() if self.path.is_dir() else None
         if old is not None and overwrite:
-            self.clear()
+            with self.writing():
+                self.clear()
             old = None
         if old is not None:
             changed = [k for k in IDENTITY if old.get(k) != manifest.get(k)]
@@ -185,7 +194,7 @@ class RunFolder:
         # looks complete without its data, and the manifest last, so the folder still says
         # whose it is.
         for folder in ("stats", *(f for f in FOLDERS if f != "stats")):
-            shutil.rmtree(self.path / folder, ignore_errors=True)
+            remove_tree(self.path / folder)
         for name in FILES:
             (self.path / name).unlink(missing_ok=True)
 
@@ -274,9 +283,14 @@ def read_descriptors(out: str | Path):
         shard = int(stats_file.stem.split("-")[1])
         npy = folder.path / "descriptors" / part_name(shard, ".npy")
         if npy.exists():
-            vectors.append(np.load(npy, allow_pickle=False))
-            tables.append(pq.read_table(folder.path / "metadata" / part_name(shard, ".parquet")))
+            vectors.append(np.load(_readable(npy), allow_pickle=False))
+            tables.append(pq.read_table(_readable(folder.path / "metadata" / part_name(shard, ".parquet"))))
     dim = manifest.get("dim") or 0
     if not vectors:
         return np.zeros((0, dim), np.dtype(manifest.get("dtype", "float32"))), metadata_schema("descriptors").empty_table()
     return np.concatenate(vectors), pa.concat_tables(tables)
+
+
+def _readable(path: Path | RemotePath):
+    """What numpy and pyarrow read: a local path itself, a remote file's bytes."""
+    return io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path
