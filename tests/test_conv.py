@@ -58,6 +58,12 @@ WEIGHT_CASES = [
     ((2, 7, 7), 3, (3, 3), {"stride": 3, "padding": 1, "padding_mode": "reflect"}),  # last column unused
     ((1, 3, 1100), 5, (3, 3), {"padding": 1}),  # wider than one column tile of the kernel
     ((1, 3, 1100), 6, (2, 3), {"stride": 3, "dilation": 2}),
+    # The register-blocked kernel: blocks of 8 outputs and a partial one, taps in fours and a
+    # remainder, output rows that straddle its spans of 512 positions, every stride phase.
+    ((3, 33, 41), 11, (3, 5), {"stride": [2, 3], "dilation": [2, 1], "padding": [3, 2], "padding_mode": "reflect"}),
+    ((6, 25, 90), 24, (3, 3), {"groups": 2, "padding": 1, "padding_mode": "circular"}),  # 12 outputs per group
+    ((2, 40, 300), 17, (1, 1), {"stride": [3, 1]}),  # 2 taps: no whole chunk
+    ((5, 21, 29), 10, (2, 2), {"groups": 5, "stride": 2, "padding": 1, "padding_mode": "replicate"}),  # 1 input, 4 taps
 ]
 
 
@@ -244,6 +250,27 @@ def test_large_map_equals_torch(mode):
               "stride": [1, 2], "activation": "none", "dilation": [1, 1], "bias": False}
     stage = build(params)
     close(stage(x), torch_reference(stage, params, x))
+
+
+def same_specials_and_close(ours, ref):
+    """NaN and infinities where ``ref`` has them (with their signs), the rest equal to rounding."""
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    close(ours[finite], ref[finite])
+
+
+@needs_torch
+@pytest.mark.parametrize("taps", [(3, 3), (2, 3), (1, 1)])
+def test_infinities_and_nans_spread_as_in_torch(taps):
+    # Missing taps of the kernel's last chunk must not be multiplied by zero: 0 * inf is NaN.
+    x = normal((3, 12, 14), 5)
+    x[0, 3, 4], x[1, 7, 9], x[2, 10, 2], x[0, 0, 13] = np.inf, -np.inf, np.nan, np.inf
+    params = {"filters": "random", "out_channels": 10, "kernel_size": list(taps), "padding": 1, "stride": [1, 1],
+              "padding_mode": "zeros", "dilation": [1, 1], "activation": "none", "bias": False}
+    stage = build(params)
+    same_specials_and_close(stage(x), torch_reference(stage, params, x))
 
 
 # --- the banks themselves -------------------------------------------------------------------------

@@ -1,13 +1,23 @@
-"""Kernel for 2-D convolution (cross-correlation, as torch conv2d): direct, on a map that the
-stage has already padded, so the kernel itself is a "valid" convolution with no edge cases.
+"""Kernels for 2-D convolution (cross-correlation, as torch conv2d): direct and register-blocked.
 
-Each parallel task computes one output row for a block of up to ``BLOCK`` output channels of
-one group: every input value loaded serves ``BLOCK`` multiply-adds, and the innermost loop runs
-along contiguous output columns so that it vectorises. For that to hold with a column stride
-``sw``, the input comes split into its ``sw`` column phases (``xs[c, y, p, j]`` is padded
-column ``j * sw + p``), so a tap reads a contiguous run of one phase. Columns go in tiles of
-``TILE`` so the accumulator rows stay in L1 cache on wide maps. Loops index from 0 over slices,
-which spares Numba's negative-index checks. Accumulation is in float32, as torch's.
+The map is first padded (in any of torch's padding modes) and split into its ``sh x sw``
+stride phases ("polyphase planes": plane ``(py, px)`` holds padded pixels ``(i * sh + py,
+j * sw + px)``), one flat float32 array. In that layout every tap of every stride and dilation
+reads, for consecutive output positions, consecutive elements: output ``(oy, ox)`` is position
+``p = oy * cols + ox`` of a plane's grid, and tap ``(c, ky, kx)`` reads element ``p + offset``
+of the flat array. A convolution is then, per output channel, a sum over taps of shifted runs
+of one array, and the columns ``ox >= out_w`` of the grid (a few per row) are computed and
+dropped rather than special-cased.
+
+Each parallel task computes a span of ``SPAN`` positions for a block of ``OUT_BLOCK`` output
+channels of one group. It walks the taps ``TAPS`` at a time: the innermost loop runs along the
+span (it vectorises) and updates ``OUT_BLOCK`` accumulator rows with ``TAPS`` taps each, so every
+accumulator load and store serves ``TAPS`` multiply-adds and every input load ``OUT_BLOCK``; the
+last ``taps % TAPS`` taps go one at a time. The weights come packed per (block, chunk of taps)
+by :func:`pack_weights`; a block's missing output channels have zero weights and are not
+written. Consecutive tasks are the blocks of one
+span, so its input stays in cache while every block reads it. Accumulation is in float32, as
+torch's.
 """
 
 import numpy as np
@@ -15,92 +25,208 @@ from numba import njit, prange
 
 from poolcli.kernels import FASTMATH
 
-BLOCK = 4
-TILE = 512
+OUT_BLOCK = 8  # output channels per task
+TAPS = 4  # taps per pass over a span
+SPAN = 512  # output positions per task: OUT_BLOCK rows of them stay in L1 cache
+ROW = SPAN + 16  # accumulator row length: rows 2 KiB apart would alias in the L1 cache
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _block_row(out, xs, weight, o, c0, oy, x0, x1, sh, sw, dh, dw):
-    """``out[o:o+4, oy, x0:x1] +=`` the correlation of input channels ``c0 ...`` with ``weight[o:o+4]``."""
-    _, cg, kh, kw = weight.shape
-    n = x1 - x0
-    r0, r1 = out[o, oy, x0:x1], out[o + 1, oy, x0:x1]
-    r2, r3 = out[o + 2, oy, x0:x1], out[o + 3, oy, x0:x1]
-    for ci in range(cg):
-        for ky in range(kh):
-            phases = xs[c0 + ci, oy * sh + ky * dh]
-            for kx in range(kw):
-                w0 = weight[o, ci, ky, kx]
-                w1 = weight[o + 1, ci, ky, kx]
-                w2 = weight[o + 2, ci, ky, kx]
-                w3 = weight[o + 3, ci, ky, kx]
-                column = kx * dw + x0 * sw
-                start = column // sw
-                src = phases[column % sw, start : start + n]
-                for t in range(n):
-                    v = src[t]
-                    r0[t] += w0 * v
-                    r1[t] += w1 * v
-                    r2[t] += w2 * v
-                    r3[t] += w3 * v
+# --- the polyphase padded input ----------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _single_row(out, xs, weight, o, c0, oy, x0, x1, sh, sw, dh, dw):
-    """``out[o, oy, x0:x1] +=`` the correlation of input channels ``c0 ...`` with ``weight[o]``."""
-    _, cg, kh, kw = weight.shape
-    n = x1 - x0
-    r = out[o, oy, x0:x1]
-    for ci in range(cg):
-        for ky in range(kh):
-            phases = xs[c0 + ci, oy * sh + ky * dh]
-            for kx in range(kw):
-                w = weight[o, ci, ky, kx]
-                column = kx * dw + x0 * sw
-                start = column // sw
-                src = phases[column % sw, start : start + n]
-                for t in range(n):
-                    r[t] += w * src[t]
+@njit(cache=True, nogil=True)
+def _source(i, size, before, mode):
+    """The index along an axis of ``size`` that padded index ``i`` reads (``before`` padding in
+    front), or -1 where it is a zero; torch's padding modes (their pads never exceed the size)."""
+    s = i - before
+    if 0 <= s < size:
+        return s
+    if mode == 0:
+        return -1
+    if mode == 1:  # reflect: the edge is not repeated
+        return -s if s < 0 else 2 * (size - 1) - s
+    if mode == 2:  # replicate
+        return 0 if s < 0 else size - 1
+    return s + size if s < 0 else s - size  # circular
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pad_planes(x, pads, mode, stride, rows, cols):
+    """(C, H, W) -> flat float32: for each channel, its ``sh * sw`` polyphase planes of ``rows x
+    cols`` of the padded map (zeros past the padded size), then ``cols`` zeros of slack that the
+    dropped columns of the last row may read.
+
+    ``pads`` is (top, bottom, left, right), ``mode`` an index into ``PADDING_MODES``.
+    """
+    c, h, w = x.shape
+    top, bottom, left, right = pads
+    sh, sw = stride
+    padded_h, padded_w = h + top + bottom, w + left + right
+    plane = rows * cols
+    out = np.empty(c * sh * sw * plane + cols, np.float32)
+    out[c * sh * sw * plane :] = 0
+    for task in prange(c * sh * rows):
+        k, py, i = task // (sh * rows), task // rows % sh, task % rows
+        y = i * sh + py
+        r = _source(y, h, top, mode) if y < padded_h else -1
+        for px in range(sw):
+            start = ((k * sh + py) * sw + px) * plane + i * cols
+            dst = out[start : start + cols]
+            if r < 0:
+                dst[:] = 0
+                continue
+            row = x[k, r]
+            # Columns j whose padded column j * sw + px lies inside the map: [lo, hi).
+            lo = min(cols, max(0, (left - px + sw - 1) // sw))
+            hi = max(lo, min(cols, (left + w - px + sw - 1) // sw))
+            first = lo * sw + px - left
+            for j in range(hi - lo):
+                dst[lo + j] = row[first + j * sw]
+            for j in range(lo):
+                s = _source(j * sw + px, w, left, mode)
+                dst[j] = row[s] if s >= 0 else 0
+            for j in range(hi, cols):
+                col = j * sw + px
+                s = _source(col, w, left, mode) if col < padded_w else -1
+                dst[j] = row[s] if s >= 0 else 0
+    return out
+
+
+# --- the convolution ----------------------------------------------------------------------------
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def conv2d(xs, weight, bias, sh, sw, dh, dw, groups, out_h, out_w):
-    """Valid grouped convolution of a padded map split into column phases.
+def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
+    """Valid grouped convolution of :func:`pad_planes` output.
 
     Parameters
     ----------
-    xs : float32 (C, Hp, sw, ceil(Wp / sw)), C-contiguous
-        The padded input, ``xs[c, y, p, j] = padded[c, y, j * sw + p]``.
-    weight : float32 (O, C/groups, kh, kw), C-contiguous
-    bias : float32 (O,)
-    sh, sw, dh, dw : int
-        Stride and dilation.
-    groups : int
-        Output channel ``o`` reads input channels ``[g * C/groups, (g + 1) * C/groups)`` with
-        ``g = o // (O / groups)``.
-    out_h, out_w : int
-        Output size (the caller's shape arithmetic, which fits inside the padded map).
+    planes : float32 (n,), from :func:`pad_planes`
+    packed : float32 (groups, blocks, chunks, OUT_BLOCK, TAPS), from :func:`pack_weights`
+    offsets : int64 (groups, chunks * TAPS)
+        For each group and tap, the flat index in ``planes`` that output position 0 reads
+        (:func:`tap_offsets`).
+    taps : int
+        Taps per output channel, ``C/groups * kh * kw``: the last chunk's missing taps are
+        skipped, not multiplied by zero (``0 * inf`` would make a NaN that torch does not).
+    bias : float32 (out_c,)
+    out_c, out_h, out_w : int
+    cols : int
+        The planes' row length: output ``(oy, ox)`` is grid position ``oy * cols + ox``.
 
     Returns
     -------
-    float32 (O, out_h, out_w)
+    float32 (out_c, out_h, out_w)
     """
-    out_c, cg, _, _ = weight.shape
+    groups, blocks = packed.shape[0], packed.shape[1]
+    whole, rest = taps // TAPS, taps % TAPS
     per_group = out_c // groups
-    blocks = (per_group + BLOCK - 1) // BLOCK
+    positions = out_h * cols
+    spans = (positions + SPAN - 1) // SPAN
     out = np.empty((out_c, out_h, out_w), np.float32)
-    for task in prange(groups * blocks * out_h):
-        oy = task % out_h
-        g = task // out_h // blocks
-        o0 = g * per_group + (task // out_h % blocks) * BLOCK
-        o1 = min(o0 + BLOCK, (g + 1) * per_group)
-        for o in range(o0, o1):
-            out[o, oy, :] = bias[o]
-        for x0 in range(0, out_w, TILE):
-            x1 = min(x0 + TILE, out_w)
-            if o1 - o0 == BLOCK:
-                _block_row(out, xs, weight, o0, g * cg, oy, x0, x1, sh, sw, dh, dw)
-            else:
-                for o in range(o0, o1):
-                    _single_row(out, xs, weight, o, g * cg, oy, x0, x1, sh, sw, dh, dw)
+    for task in prange(groups * spans * blocks):
+        b = task % blocks
+        p0 = task // blocks % spans * SPAN
+        g = task // blocks // spans
+        n = min(SPAN, positions - p0)
+        acc = np.zeros((OUT_BLOCK, ROW), np.float32)
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+        a4, a5, a6, a7 = acc[4], acc[5], acc[6], acc[7]
+        for k in range(whole):
+            w = packed[g, b, k]
+            w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
+            w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
+            w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
+            w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+            w40, w41, w42, w43 = w[4, 0], w[4, 1], w[4, 2], w[4, 3]
+            w50, w51, w52, w53 = w[5, 0], w[5, 1], w[5, 2], w[5, 3]
+            w60, w61, w62, w63 = w[6, 0], w[6, 1], w[6, 2], w[6, 3]
+            w70, w71, w72, w73 = w[7, 0], w[7, 1], w[7, 2], w[7, 3]
+            tap = offsets[g, k * TAPS :]
+            s0 = planes[tap[0] + p0 :]
+            s1 = planes[tap[1] + p0 :]
+            s2 = planes[tap[2] + p0 :]
+            s3 = planes[tap[3] + p0 :]
+            for t in range(n):
+                v0, v1, v2, v3 = s0[t], s1[t], s2[t], s3[t]
+                a0[t] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                a1[t] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                a2[t] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                a3[t] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+                a4[t] += w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
+                a5[t] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
+                a6[t] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
+                a7[t] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
+        for r in range(rest):  # the last taps, one at a time
+            w = packed[g, b, whole, :, r]
+            w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+            s0 = planes[offsets[g, whole * TAPS + r] + p0 :]
+            for t in range(n):
+                v0 = s0[t]
+                a0[t] += w0 * v0
+                a1[t] += w1 * v0
+                a2[t] += w2 * v0
+                a3[t] += w3 * v0
+                a4[t] += w4 * v0
+                a5[t] += w5 * v0
+                a6[t] += w6 * v0
+                a7[t] += w7 * v0
+        # Write the block's channels: the grid positions of each output row, less dropped columns.
+        for q in range(min(OUT_BLOCK, per_group - b * OUT_BLOCK)):
+            o = g * per_group + b * OUT_BLOCK + q
+            row_bias = bias[o]
+            oy = p0 // cols
+            while oy * cols < p0 + n:
+                first = max(p0, oy * cols)
+                last = min(p0 + n, oy * cols + out_w)
+                dst = out[o, oy, first - oy * cols :]
+                src = acc[q, first - p0 :]
+                for t in range(last - first):
+                    dst[t] = src[t] + row_bias
+                oy += 1
     return out
+
+
+# --- preparing the weights and offsets (Python) -----------------------------------------------
+
+
+def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(O, C/groups, kh, kw) -> float32 (groups, blocks, chunks, OUT_BLOCK, TAPS): each group's
+    output channels in blocks and its taps, in (c, ky, kx) order, in chunks; zeros fill both."""
+    out_c, per_channel, kh, kw = weight.shape
+    per_group = out_c // groups
+    taps = per_channel * kh * kw
+    blocks, chunks = -(-per_group // OUT_BLOCK), -(-taps // TAPS)
+    padded = np.zeros((groups, blocks * OUT_BLOCK, chunks * TAPS), np.float32)
+    padded[:, :per_group, :taps] = weight.reshape(groups, per_group, taps)
+    return np.ascontiguousarray(padded.reshape(groups, blocks, OUT_BLOCK, chunks, TAPS).transpose(0, 1, 3, 2, 4))
+
+
+def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: int) -> np.ndarray:
+    """int64 (groups, chunks * TAPS): the flat index in :func:`pad_planes` output that output
+    position 0 reads for each tap of each group (the last chunk's missing taps repeat the first;
+    the kernel never reads them)."""
+    _, per_channel, kh, kw = weight_shape
+    (sh, sw), (dh, dw) = stride, dilation
+    c, ky, kx = (a.ravel() for a in np.meshgrid(np.arange(per_channel), np.arange(kh), np.arange(kw), indexing="ij"))
+    y, x = ky * dh, kx * dw
+    offset = ((c * sh + y % sh) * sw + x % sw) * (rows * cols) + (y // sh) * cols + x // sw
+    chunks = -(-offset.size // TAPS)
+    offset = np.concatenate([offset, np.full(chunks * TAPS - offset.size, offset[0])])
+    group_start = np.arange(groups) * (per_channel * sh * sw * rows * cols)
+    return np.ascontiguousarray(group_start[:, None] + offset[None, :], dtype=np.int64)
+
+
+def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw):
+    """Grouped 2-D convolution of a float32 (C, H, W) map, = torch conv2d after padding ``x``
+    by ``pads`` (top, bottom, left, right) in ``mode`` (torch's name); ``packed`` is
+    :func:`pack_weights` of the (O, C/groups, kh, kw) weights. Returns float32 (O, H', W')."""
+    (top, bottom, left, right), (sh, sw) = pads, stride
+    rows = -(-(x.shape[1] + top + bottom) // sh)
+    cols = -(-(x.shape[2] + left + right) // sw)
+    planes = pad_planes(x, (top, bottom, left, right), PADDING_MODES.index(mode), (sh, sw), rows, cols)
+    offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols)
+    taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
+    return conv_planes(planes, packed, offsets, taps, bias, weight_shape[0], out_hw[0], out_hw[1], cols)

@@ -9,6 +9,8 @@ and the last one at ``size - k``. The samples are drawn by the caller, never her
 import numpy as np
 from numba import njit, prange
 
+ROWS = 8  # output rows per parallel task: their row buffer is allocated once
+
 
 @njit(cache=True, nogil=True)
 def _window_starts(sample, size, out_size, kernel, starts):
@@ -23,16 +25,26 @@ def _window_starts(sample, size, out_size, kernel, starts):
 
 
 @njit(cache=True, nogil=True)
-def _max_row(plane, top, col_starts, kernel, out_row):
+def _max_row(plane, top, col_starts, kernel, column_max, window_max, out_row):
     """One output row: the maximum of the ``kernel`` windows at row ``top`` and each column start.
-    torch's rule: a tap wins if it is greater or NaN, so NaN propagates."""
-    out_row[:] = -np.inf
-    for r in range(top, top + kernel[0]):
+    The window rows' column maxima first, then their maxima over ``kernel[1]`` consecutive columns
+    (both contiguous, vectorised), then one load per window. torch's rule: a tap wins if it is
+    greater or NaN, so NaN propagates."""
+    column_max[:] = plane[top]
+    for r in range(top + 1, top + kernel[0]):
         row = plane[r]
-        for kj in range(kernel[1]):
-            for j in range(out_row.size):
-                v = row[col_starts[j] + kj]
-                out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]  # branch-free select
+        for s in range(column_max.size):
+            v = row[s]
+            column_max[s] = v if (v > column_max[s]) | np.isnan(v) else column_max[s]  # branch-free select
+    starts = column_max.size - kernel[1] + 1  # the columns a window can start at
+    window_max[:starts] = column_max[:starts]
+    for kj in range(1, kernel[1]):
+        taps = column_max[kj:]
+        for s in range(starts):
+            v = taps[s]
+            window_max[s] = v if (v > window_max[s]) | np.isnan(v) else window_max[s]
+    for j in range(out_row.size):
+        out_row[j] = window_max[col_starts[j]]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -52,7 +64,10 @@ def fractional_max_pool(x, samples, kernel, out_hw):
         _window_starts(samples[k, 0], h, oh, kernel[0], row_starts[k])
         _window_starts(samples[k, 1], w, ow, kernel[1], col_starts[k])
     out = np.empty((c, oh, ow), np.float32)
-    for task in prange(c * oh):
-        k, i = task // oh, task % oh
-        _max_row(x[k], row_starts[k, i], col_starts[k], kernel, out[k, i])
+    blocks = (oh + ROWS - 1) // ROWS
+    for task in prange(c * blocks):
+        k, first = task // blocks, task % blocks * ROWS
+        column_max, window_max = np.empty(w, np.float32), np.empty(w, np.float32)
+        for i in range(first, min(oh, first + ROWS)):
+            _max_row(x[k], row_starts[k, i], col_starts[k], kernel, column_max, window_max, out[k, i])
     return out

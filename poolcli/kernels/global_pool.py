@@ -42,16 +42,26 @@ def global_max_pool(x):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def gem(x, p, eps):
-    """(C, H, W) -> (C,): ``mean(max(x, eps) ** p) ** (1 / p)`` per channel (NaN propagates)."""
-    c, h, w = x.shape
+    """(C, H, W) -> (C,): ``mean(max(x, eps) ** p) ** (1 / p)`` per channel (NaN propagates),
+    the mean in float64. The usual powers 1, 2 and 3 are products, which vectorise; any other p
+    takes a float64 ``pow`` per element."""
+    c = x.shape[0]
+    planes = x.reshape(c, -1)
+    n = planes.shape[1]
     out = np.empty(c, np.float32)
     for k in prange(c):
+        plane = planes[k]
         acc = 0.0
-        for i in range(h):
-            for j in range(w):
-                v = x[k, i, j]
-                if v < eps:  # False for NaN: NaN stays NaN, as with torch.clamp
-                    v = eps
+        if p == 1.0 or p == 2.0 or p == 3.0:
+            for i in range(n):
+                v = plane[i]
+                v = eps if v < eps else v  # False for NaN: NaN stays NaN, as with torch.clamp
+                v64 = np.float64(v)
+                acc += v64 if p == 1.0 else v64 * v64 if p == 2.0 else v64 * v64 * v64
+        else:
+            for i in range(n):
+                v = plane[i]
+                v = eps if v < eps else v
                 acc += np.float64(v) ** p
-        out[k] = (acc / (h * w)) ** (1.0 / p)
+        out[k] = (acc / n) ** (1.0 / p)
     return out

@@ -1,11 +1,14 @@
-"""Kernels for windowed and adaptive pooling: max, average, Lp, adaptive max and average.
+"""Kernels for windowed and adaptive pooling: max, average, Lp, adaptive max and average, and
+spatial pyramids.
 
 Every kernel takes a float32 C-contiguous (C, H, W) map and computes one output row per
 ``prange`` iteration (channel x output row), writing only that row. Windows are clipped to the
-input rather than padding a copy of the map. Along a row, the sliding-window kernels loop over
-the output columns for one kernel tap at a time: the input row is read contiguously (or with
-the stride), the columns are independent, so the loops vectorise, and each output still sees
-its taps in PyTorch's row-major order (the same sums, the same NaN and argmax winners).
+input rather than padding a copy of the map. The sliding-window kernels are separable: a row
+buffer first receives the reduction of the window's input rows, column by column (contiguous
+loads, independent columns: it vectorises and reads the map once per window row), then each
+output reduces its window's columns of that buffer, whose padding holds the reduction's
+identity (-inf, 0). Max pooling with indices keeps torch's exact tap order instead (see
+:func:`_max_row`), since the argmax must be torch's.
 
 Window arguments are ``(h, w)`` tuples of ints; output sizes are computed by the caller
 (:mod:`poolcli.stages.geometry`). A dilated window may have no tap inside the input: its
@@ -16,6 +19,8 @@ import numpy as np
 from numba import njit, prange
 
 from poolcli.kernels import FASTMATH
+
+ROWS = 8  # output rows per parallel task: their row buffer is allocated once
 
 
 @njit(cache=True, nogil=True)
@@ -68,6 +73,40 @@ def _max_row(plane, i, kernel, stride, padding, dilation, out_row, index_row):
                     chosen[n] = first + n * step if wins else chosen[n]
 
 
+@njit(cache=True, nogil=True)
+def _buffer_size(width, out_size, kernel, stride, padding, dilation):
+    """Length of a row buffer holding ``padding`` identity values, the ``width`` input columns,
+    and identities up to the last column any window reads."""
+    return max(padding + width, (out_size - 1) * stride + (kernel - 1) * dilation + 1)
+
+
+@njit(cache=True, nogil=True)
+def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_row):
+    """Output row ``i`` of max pooling, without indices: the window rows' column maxima into
+    ``buffer`` (its padding already -inf), then each output's maximum over its columns. A tap wins
+    if it is greater or NaN, so NaN propagates; which equal tap wins cannot be seen in the value."""
+    h, w = plane.shape
+    columns = buffer[padding[1] : padding[1] + w]
+    columns[:] = -np.inf
+    top = i * stride[0] - padding[0]
+    for ki in range(kernel[0]):
+        r = top + ki * dilation[0]
+        if r < 0 or r >= h:
+            continue
+        row = plane[r]
+        for s in range(w):
+            v = row[s]
+            columns[s] = v if (v > columns[s]) | np.isnan(v) else columns[s]
+    step = stride[1]
+    for j in range(out_row.size):
+        out_row[j] = buffer[j * step]
+    for kj in range(1, kernel[1]):
+        taps = buffer[kj * dilation[1] :]
+        for j in range(out_row.size):
+            v = taps[j * step]
+            out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
     """(C, H, W) -> (C, H', W'): the maximum of each window, padding acting as -inf; = torch
@@ -76,34 +115,59 @@ def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
     ``indices`` is None, or an int64 (C, H', W') array that receives the flat index
     ``h * W + w`` of each maximum in its input plane (torch's ``return_indices``).
     """
-    c = x.shape[0]
+    c, _, w = x.shape
     oh, ow = out_hw
     out = np.empty((c, oh, ow), np.float32)
-    for task in prange(c * oh):
-        k, i = task // oh, task % oh
-        if indices is None:
-            _max_row(x[k], i, kernel, stride, padding, dilation, out[k, i], None)
-        else:
-            _max_row(x[k], i, kernel, stride, padding, dilation, out[k, i], indices[k, i])
+    size = _buffer_size(w, ow, kernel[1], stride[1], padding[1], dilation[1])
+    blocks = (oh + ROWS - 1) // ROWS
+    for task in prange(c * blocks):
+        k, first = task // blocks, task % blocks * ROWS
+        buffer = np.full(size, -np.inf, np.float32)
+        for i in range(first, min(oh, first + ROWS)):
+            if indices is None:
+                _separable_max_row(x[k], i, kernel, stride, padding, dilation, buffer, out[k, i])
+            else:
+                _max_row(x[k], i, kernel, stride, padding, dilation, out[k, i], indices[k, i])
     return out
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _sum_row(plane, i, kernel, stride, padding, out_row):
-    """Output row ``i`` of window sums over one (H, W) plane, in-bounds taps only (no
-    dilation); accumulates in ``out_row``'s dtype."""
+def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums):
+    """``sums[j]`` = the sum over output ``j``'s in-bounds window taps of the value (``term``
+    0), its absolute value (1), its square (2) or ``|v| ** p`` (3), accumulated in
+    ``buffer``'s dtype: the window rows' column sums into ``buffer`` (its padding already 0),
+    then each output's sum over its columns."""
     h, w = plane.shape
+    columns = buffer[padding[1] : padding[1] + w]
+    columns[:] = 0
     top = i * stride[0] - padding[0]
-    out_row[:] = 0
-    step = stride[1]
     for r in range(max(top, 0), min(top + kernel[0], h)):
-        for kj in range(kernel[1]):
-            offset = kj - padding[1]
-            lo, hi = _columns(offset, out_row.size, step, w)
-            taps = plane[r, lo * step + offset :]  # zero-based views vectorise
-            sums = out_row[lo:hi]
-            for n in range(hi - lo):
-                sums[n] += taps[n * step]
+        row = plane[r]
+        if term == 0:
+            for s in range(w):
+                columns[s] += row[s]
+        elif term == 1:
+            for s in range(w):
+                columns[s] += abs(row[s])
+        elif term == 2:
+            for s in range(w):
+                v = np.float64(row[s])
+                columns[s] += v * v
+        else:
+            for s in range(w):
+                columns[s] += np.float64(abs(row[s])) ** p
+    step, n = stride[1], sums.size
+    for kj in range(kernel[1]):
+        taps = buffer[kj:]
+        if kj == 0:
+            for j in range(n):
+                sums[j] = taps[j * step]
+        elif step == 1:  # a literal stride vectorises better
+            for j in range(n):
+                sums[j] += taps[j]
+        else:
+            for j in range(n):
+                sums[j] += taps[j * step]
 
 
 @njit(cache=True, nogil=True)
@@ -134,39 +198,46 @@ def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_over
         col_counts = _window_counts(w, ow, kernel[1], stride[1], padding[1], count_include_pad)
         divisors = np.outer(row_counts, col_counts).astype(np.float32)  # float32 rows divide fast
     out = np.empty((c, oh, ow), np.float32)
-    for task in prange(c * oh):
-        k, i = task // oh, task % oh
-        sums = out[k, i]
-        _sum_row(x[k], i, kernel, stride, padding, sums)
-        divisor = divisors[i]
-        for j in range(ow):
-            sums[j] /= divisor[j]
+    size = _buffer_size(w, ow, kernel[1], stride[1], padding[1], 1)
+    blocks = (oh + ROWS - 1) // ROWS
+    for task in prange(c * blocks):
+        k, first = task // blocks, task % blocks * ROWS
+        buffer = np.zeros(size, np.float32)
+        for i in range(first, min(oh, first + ROWS)):
+            sums = out[k, i]
+            _separable_sum_row(x[k], i, kernel, stride, padding, 0, 0.0, buffer, sums)
+            divisor = divisors[i]
+            for j in range(ow):
+                sums[j] /= divisor[j]
     return out
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def lp_pool(x, p, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): ``(sum |x| ** p) ** (1 / p)`` over the in-bounds taps of each
-    window (no padding), in float64 so that large ``p`` does not overflow.
-
-    Each ``|x| ** p`` is computed once into a float64 copy of the map, since overlapping
-    windows would otherwise raise the same value to the power several times.
-    """
+    window (no padding), in float64 so that large ``p`` does not overflow. p = 1 and 2, the
+    usual norms, take no ``pow`` call."""
     c, h, w = x.shape
     oh, ow = out_hw
-    powered = np.empty((c, h, w), np.float64)
-    for task in prange(c * h):
-        k, r = task // h, task % h
-        for j in range(w):
-            v = np.float64(abs(x[k, r, j]))
-            powered[k, r, j] = v * v if p == 2.0 else v**p
-    sums = np.empty((c, oh, ow), np.float64)
+    term = 1 if p == 1.0 else 2 if p == 2.0 else 3
+    size = _buffer_size(w, ow, kernel[1], stride[1], 0, 1)
     out = np.empty((c, oh, ow), np.float32)
-    for task in prange(c * oh):
-        k, i = task // oh, task % oh
-        _sum_row(powered[k], i, kernel, stride, (0, 0), sums[k, i])
-        for j in range(ow):
-            out[k, i, j] = sums[k, i, j] ** (1.0 / p)
+    blocks = (oh + ROWS - 1) // ROWS
+    for task in prange(c * blocks):
+        k, first = task // blocks, task % blocks * ROWS
+        buffer, sums = np.zeros(size, np.float64), np.empty(ow, np.float64)
+        for i in range(first, min(oh, first + ROWS)):
+            _separable_sum_row(x[k], i, kernel, stride, (0, 0), term, p, buffer, sums)
+            row = out[k, i]
+            if p == 1.0:
+                for j in range(ow):
+                    row[j] = sums[j]
+            elif p == 2.0:
+                for j in range(ow):
+                    row[j] = np.sqrt(sums[j])
+            else:
+                for j in range(ow):
+                    row[j] = sums[j] ** (1.0 / p)
     return out
 
 
@@ -217,4 +288,57 @@ def adaptive_max_pool(x, row_bins, col_bins):
                 if v > best or np.isnan(v):
                     best = v
             out[k, i, j] = best
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def pyramid_pool(x, row_bins, col_bins, sizes, take_max):
+    """(C, H, W) -> (C * sum(n ** 2),): spatial pyramid pooling, every level in one pass over the
+    map. Level ``l`` is adaptive max (``take_max``) or average pooling to ``n x n``, ``n =
+    sizes[l]``, flattened channel-major after the levels before it; its bins are the next ``n``
+    rows of ``row_bins`` and ``col_bins`` (int64 ``[start, end)``, torch's bins).
+
+    One task per channel: its plane is read from memory once and stays in cache for every
+    level. Each bin row first reduces its rows column by column, then each bin its columns, as
+    in :func:`adaptive_max_pool` and :func:`adaptive_avg_pool` (sums in float64, NaN propagating).
+    """
+    c, h, w = x.shape
+    starts = np.zeros(sizes.size + 1, np.int64)  # where each level's bins and outputs begin
+    offsets = np.zeros(sizes.size + 1, np.int64)
+    for level in range(sizes.size):
+        starts[level + 1] = starts[level] + sizes[level]
+        offsets[level + 1] = offsets[level] + c * sizes[level] * sizes[level]
+    out = np.empty(offsets[-1], np.float32)
+    for k in prange(c):
+        plane = x[k]
+        column_max = np.empty(w, np.float32)
+        column_sums = np.empty(w, np.float64)
+        for level in range(sizes.size):
+            n = sizes[level]
+            rows, cols = row_bins[starts[level] :], col_bins[starts[level] :]
+            block = out[offsets[level] + k * n * n :]
+            for i in range(n):
+                top, bottom = rows[i, 0], rows[i, 1]
+                if take_max:
+                    column_max[:] = -np.inf
+                    for r in range(top, bottom):
+                        row = plane[r]
+                        for s in range(w):
+                            v = row[s]
+                            column_max[s] = v if (v > column_max[s]) | np.isnan(v) else column_max[s]
+                    for j in range(n):
+                        best = np.float32(-np.inf)
+                        for v in column_max[cols[j, 0] : cols[j, 1]]:
+                            if v > best or np.isnan(v):
+                                best = v
+                        block[i * n + j] = best
+                else:
+                    column_sums[:] = 0
+                    for r in range(top, bottom):
+                        row = plane[r]
+                        for s in range(w):
+                            column_sums[s] += row[s]
+                    for j in range(n):
+                        left, right = cols[j, 0], cols[j, 1]
+                        block[i * n + j] = column_sums[left:right].sum() / ((bottom - top) * (right - left))
     return out

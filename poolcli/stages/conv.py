@@ -19,9 +19,6 @@ from poolcli.stages.elementwise import apply_activation
 from poolcli.stages.filters import BANKS, default_kernel_size, make_bank
 from poolcli.stages.geometry import Window, conv_padding, pooled_size
 
-# torch's padding modes and the np.pad modes that do the same.
-NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
 
 @dataclass(frozen=True, eq=False)
 class HeldArray:
@@ -68,27 +65,14 @@ def _banks_reading(param: str) -> str:
     return ", ".join(name for name, bank in BANKS.items() if param in bank.params)
 
 
-def pad_and_split_columns(x: np.ndarray, pads: tuple[int, int, int, int], mode: str, stride: int) -> np.ndarray:
-    """(C, H, W) -> (C, Hp, stride, ceil(Wp / stride)): ``x`` padded by (top, bottom, left,
-    right) in torch's ``mode``, its columns split into ``stride`` phases (``[c, y, p, j]`` is
-    padded column ``j * stride + p``), the layout the kernel reads contiguously. No copy where
-    there is nothing to pad and the stride is 1.
+class DerivedCache(dict):
+    """Values a stage derives from its parameters (packed weights), kept between calls. Not part
+    of the stage's value: every cache equals every other, so stages still compare by parameters."""
 
-    >>> pad_and_split_columns(np.arange(5, dtype=np.float32)[None, None], (0, 0, 1, 0), "zeros", 2)[0, 0]
-    array([[0., 1., 3.],
-           [0., 2., 4.]], dtype=float32)
-    """
-    top, bottom, left, right = pads
-    if any(pads):
-        x = np.pad(x, ((0, 0), (top, bottom), (left, right)), mode=NUMPY_PAD_MODES[mode])
-    channels, height, width = x.shape
-    if stride == 1:
-        return x.reshape(channels, height, 1, width)
-    phase_width = -(-width // stride)
-    # Columns past the padded width are never read: zeros only complete the last phase row.
-    whole = np.zeros((channels, height, phase_width * stride), x.dtype)
-    whole[:, :, :width] = x
-    return np.ascontiguousarray(whole.reshape(channels, height, phase_width, stride).transpose(0, 1, 3, 2))
+    def __eq__(self, other):
+        return isinstance(other, DerivedCache)
+
+    __hash__ = None
 
 
 @register_stage("conv")
@@ -189,6 +173,7 @@ class Conv(Stage):
 
     _weights: HeldArray | None = PrivateAttr(None)  # .npy weights
     _bias: HeldArray | None = PrivateAttr(None)
+    _derived: DerivedCache = PrivateAttr(default_factory=DerivedCache)
 
     # --- validation -----------------------------------------------------------------------
 
@@ -438,11 +423,22 @@ class Conv(Stage):
         pads = self._pads(*x.shape[1:])
         if not self._full and self.channels == "mean":
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
-        x = pad_and_split_columns(x, pads, self.padding_mode, self.stride[1])
         channels = len(x)  # 1 after the mean
+        packed, weight_shape = self._packed_weights(channels)
         bias = np.zeros(out_c, np.float32) if self._bias is None else self._bias.array
         # Writable C-contiguous float32 throughout, so that Numba compiles the kernel once (it
         # types read-only arrays, such as the cached banks, apart).
-        x, weights, bias = (np.require(a, np.float32, "CW") for a in (x, self.weights(channels), bias))
-        out = conv2d(x, weights, bias, *self.stride, *self.dilation, self.groups_for(channels), out_h, out_w)
+        x, bias = (np.require(a, np.float32, "CW") for a in (x, bias))
+        out = conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
+                     self.groups_for(channels), (out_h, out_w))
         return apply_activation(out, self.activation, inplace=True)
+
+    def _packed_weights(self, channels: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The weights for ``channels`` input channels in the kernel's layout, and their shape
+        (packed once per channel count)."""
+        from poolcli.kernels.conv import pack_weights
+
+        if channels not in self._derived:
+            weights = self.weights(channels)
+            self._derived[channels] = (pack_weights(weights, self.groups_for(channels)), weights.shape)
+        return self._derived[channels]

@@ -338,4 +338,9 @@ class SpatialPyramidPool(Stage):
         return GLOBAL
 
     def __call__(self, x):
-        return np.concatenate([adaptive_pool(x, (n, n), self.pool).reshape(-1) for n in self.levels])
+        from poolcli.kernels.pool import pyramid_pool
+
+        x = _contiguous(x)
+        rows = np.concatenate([_bins(x.shape[1], n) for n in self.levels])
+        cols = np.concatenate([_bins(x.shape[2], n) for n in self.levels])
+        return pyramid_pool(x, rows, cols, np.array(self.levels, np.int64), self.pool == "max")
