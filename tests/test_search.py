@@ -233,3 +233,17 @@ def test_hnsw_index_and_a_stale_index(tmp_path, rng):
     assert "built from other descriptors: exact search" in note and results[0].hits[0].key == 42
     result = runner.invoke(app, ["index", str(out), "--kind", "ivf"])
     assert result.exit_code == 1 and "--kind must be one of flat, hnsw" in result.stderr
+
+
+def test_read_descriptors_is_every_shard_in_the_search_numbering(tmp_path, rng):
+    from poolcli import read_descriptors
+
+    database = rng.standard_normal((25, 4)).astype(np.float32)
+    out = fake_run(tmp_path, database, 10)
+    vectors, metadata = read_descriptors(out)
+    np.testing.assert_array_equal(vectors, database)
+    assert metadata.column("key").to_pylist() == list(range(25))
+    blocks = np.concatenate([block for _, block in DescriptorSet(out).blocks(7)])
+    np.testing.assert_array_equal(blocks, vectors)
+    keys, paths = DescriptorSet(out).key_path(np.array([24, 0, 13]))
+    assert keys.tolist() == [24, 0, 13] and paths[0] == "/img/0000024.png"
