@@ -262,12 +262,13 @@ def same_specials_and_close(ours, ref):
 
 
 @needs_torch
-@pytest.mark.parametrize("taps", [(3, 3), (2, 3), (1, 1)])
-def test_infinities_and_nans_spread_as_in_torch(taps):
+@pytest.mark.parametrize("out_channels", [10, 2])  # the blocked kernel and the narrow one
+@pytest.mark.parametrize("taps", [(3, 3), (2, 3), (1, 1), (3, 4)])
+def test_infinities_and_nans_spread_as_in_torch(taps, out_channels):
     # Missing taps of the kernel's last chunk must not be multiplied by zero: 0 * inf is NaN.
     x = normal((3, 12, 14), 5)
     x[0, 3, 4], x[1, 7, 9], x[2, 10, 2], x[0, 0, 13] = np.inf, -np.inf, np.nan, np.inf
-    params = {"filters": "random", "out_channels": 10, "kernel_size": list(taps), "padding": 1, "stride": [1, 1],
+    params = {"filters": "random", "out_channels": out_channels, "kernel_size": list(taps), "padding": 1, "stride": [1, 1],
               "padding_mode": "zeros", "dilation": [1, 1], "activation": "none", "bias": False}
     stage = build(params)
     same_specials_and_close(stage(x), torch_reference(stage, params, x))

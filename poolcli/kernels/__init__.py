@@ -28,3 +28,16 @@ if _dir:
 # Fast-math flags that keep NaN and inf semantics (no "nnan"/"ninf"): pooling pads with -inf
 # and must propagate NaN, yet reductions may still be vectorised and reassociated.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def set_threads(threads: int | None) -> None:
+    """Run the kernels on ``threads`` threads (None: leave Numba's default, every core)."""
+    if threads is None:
+        return
+    import numba
+
+    from poolcli.errors import PoolcliError
+
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise PoolcliError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
+    numba.set_num_threads(threads)

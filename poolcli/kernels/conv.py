@@ -27,6 +27,7 @@ from poolcli.kernels import FASTMATH
 
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
+NARROW_TAPS = 8  # taps per pass of the kernel for few output channels per group
 SPAN = 512  # output positions per task: OUT_BLOCK rows of them stay in L1 cache
 ROW = SPAN + 16  # accumulator row length: rows 2 KiB apart would alias in the L1 cache
 
@@ -189,15 +190,74 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
     return out
 
 
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def conv_planes_narrow(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
+    """:func:`conv_planes` for few output channels per group (a blocked task would mostly compute
+    zeros): one task per output channel and span, ``NARROW_TAPS`` taps per pass over its
+    accumulator row. Same arguments, but ``packed`` is (groups, per_group, chunks * NARROW_TAPS)
+    from :func:`pack_narrow` and ``offsets`` has ``NARROW_TAPS``-long chunks."""
+    groups, per_group = packed.shape[0], packed.shape[1]
+    whole, rest = taps // NARROW_TAPS, taps % NARROW_TAPS
+    positions = out_h * cols
+    spans = (positions + SPAN - 1) // SPAN
+    out = np.empty((out_c, out_h, out_w), np.float32)
+    for task in prange(groups * spans * per_group):
+        q = task % per_group
+        p0 = task // per_group % spans * SPAN
+        g = task // per_group // spans
+        n = min(SPAN, positions - p0)
+        acc = np.zeros(ROW, np.float32)
+        weights, tap = packed[g, q], offsets[g]
+        for k in range(whole):
+            j = k * NARROW_TAPS
+            w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
+            w4, w5, w6, w7 = weights[j + 4], weights[j + 5], weights[j + 6], weights[j + 7]
+            s0, s1 = planes[tap[j] + p0 :], planes[tap[j + 1] + p0 :]
+            s2, s3 = planes[tap[j + 2] + p0 :], planes[tap[j + 3] + p0 :]
+            s4, s5 = planes[tap[j + 4] + p0 :], planes[tap[j + 5] + p0 :]
+            s6, s7 = planes[tap[j + 6] + p0 :], planes[tap[j + 7] + p0 :]
+            for t in range(n):
+                acc[t] += (w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t]
+                           + w4 * s4[t] + w5 * s5[t] + w6 * s6[t] + w7 * s7[t])
+        for r in range(whole * NARROW_TAPS, whole * NARROW_TAPS + rest):
+            w0 = weights[r]
+            s0 = planes[tap[r] + p0 :]
+            for t in range(n):
+                acc[t] += w0 * s0[t]
+        o = g * per_group + q
+        row_bias = bias[o]
+        oy = p0 // cols
+        while oy * cols < p0 + n:
+            first = max(p0, oy * cols)
+            last = min(p0 + n, oy * cols + out_w)
+            dst = out[o, oy, first - oy * cols :]
+            src = acc[first - p0 :]
+            for t in range(last - first):
+                dst[t] = src[t] + row_bias
+            oy += 1
+    return out
+
+
 # --- preparing the weights and offsets (Python) -----------------------------------------------
 
 
+def narrow(weight_shape, groups: int) -> bool:
+    """Whether :func:`conv_planes_narrow` suits: fewer output channels per group than half a block."""
+    return weight_shape[0] // groups < OUT_BLOCK // 2 + 1
+
+
 def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
-    """(O, C/groups, kh, kw) -> float32 (groups, blocks, chunks, OUT_BLOCK, TAPS): each group's
-    output channels in blocks and its taps, in (c, ky, kx) order, in chunks; zeros fill both."""
+    """The weights (O, C/groups, kh, kw) in the layout of the kernel :func:`conv2d` picks: for
+    :func:`conv_planes`, float32 (groups, blocks, chunks, OUT_BLOCK, TAPS), each group's output
+    channels in blocks and its taps, in (c, ky, kx) order, in chunks, zeros filling both; for
+    :func:`conv_planes_narrow`, (groups, per_group, chunks * NARROW_TAPS)."""
     out_c, per_channel, kh, kw = weight.shape
     per_group = out_c // groups
     taps = per_channel * kh * kw
+    if narrow(weight.shape, groups):
+        padded = np.zeros((groups, per_group, -(-taps // NARROW_TAPS) * NARROW_TAPS), np.float32)
+        padded[:, :, :taps] = weight.reshape(groups, per_group, taps)
+        return padded
     blocks, chunks = -(-per_group // OUT_BLOCK), -(-taps // TAPS)
     padded = np.zeros((groups, blocks * OUT_BLOCK, chunks * TAPS), np.float32)
     padded[:, :per_group, :taps] = weight.reshape(groups, per_group, taps)
@@ -205,28 +265,36 @@ def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: int) -> np.ndarray:
-    """int64 (groups, chunks * TAPS): the flat index in :func:`pad_planes` output that output
-    position 0 reads for each tap of each group (the last chunk's missing taps repeat the first;
-    the kernel never reads them)."""
+    """int64 (groups, chunks * TAPS or NARROW_TAPS): the flat index in :func:`pad_planes` output
+    that output position 0 reads for each tap of each group (the last chunk's missing taps repeat
+    the first; the kernels never read them)."""
     _, per_channel, kh, kw = weight_shape
     (sh, sw), (dh, dw) = stride, dilation
     c, ky, kx = (a.ravel() for a in np.meshgrid(np.arange(per_channel), np.arange(kh), np.arange(kw), indexing="ij"))
     y, x = ky * dh, kx * dw
     offset = ((c * sh + y % sh) * sw + x % sw) * (rows * cols) + (y // sh) * cols + x // sw
-    chunks = -(-offset.size // TAPS)
-    offset = np.concatenate([offset, np.full(chunks * TAPS - offset.size, offset[0])])
+    chunk = NARROW_TAPS if narrow(weight_shape, groups) else TAPS
+    offset = np.concatenate([offset, np.full(-(-offset.size // chunk) * chunk - offset.size, offset[0])])
     group_start = np.arange(groups) * (per_channel * sh * sw * rows * cols)
     return np.ascontiguousarray(group_start[:, None] + offset[None, :], dtype=np.int64)
 
 
-def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw):
+def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw, offsets=None):
     """Grouped 2-D convolution of a float32 (C, H, W) map, = torch conv2d after padding ``x``
     by ``pads`` (top, bottom, left, right) in ``mode`` (torch's name); ``packed`` is
-    :func:`pack_weights` of the (O, C/groups, kh, kw) weights. Returns float32 (O, H', W')."""
+    :func:`pack_weights` of the (O, C/groups, kh, kw) weights, ``offsets`` :func:`tap_offsets`
+    for this map's size (computed when None). Returns float32 (O, H', W')."""
     (top, bottom, left, right), (sh, sw) = pads, stride
-    rows = -(-(x.shape[1] + top + bottom) // sh)
-    cols = -(-(x.shape[2] + left + right) // sw)
+    rows, cols = plane_size(x.shape, pads, stride)
     planes = pad_planes(x, (top, bottom, left, right), PADDING_MODES.index(mode), (sh, sw), rows, cols)
-    offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols)
+    if offsets is None:
+        offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols)
     taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
-    return conv_planes(planes, packed, offsets, taps, bias, weight_shape[0], out_hw[0], out_hw[1], cols)
+    kernel = conv_planes_narrow if narrow(weight_shape, groups) else conv_planes
+    return kernel(planes, packed, offsets, taps, bias, weight_shape[0], out_hw[0], out_hw[1], cols)
+
+
+def plane_size(shape, pads, stride) -> tuple[int, int]:
+    """(rows, cols) of each polyphase plane of a (C, H, W) map padded by ``pads``."""
+    top, bottom, left, right = pads
+    return -(-(shape[1] + top + bottom) // stride[0]), -(-(shape[2] + left + right) // stride[1])

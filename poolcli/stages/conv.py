@@ -16,7 +16,7 @@ from poolcli.config import PositiveInt, pair
 from poolcli.errors import ShapeError
 from poolcli.stages.base import Stage, register_stage
 from poolcli.stages.elementwise import apply_activation
-from poolcli.stages.filters import BANKS, default_kernel_size, make_bank
+from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, make_bank
 from poolcli.stages.geometry import Window, conv_padding, pooled_size
 
 
@@ -280,6 +280,8 @@ class Conv(Stage):
     def _hold_arrays(self, info: ValidationInfo):
         if not _is_file(self.filters) and BANKS[self.filters].full and self.out_channels is None:
             raise ValueError(f"filters {self.filters} needs out_channels (the number of filters to draw)")
+        if not _is_file(self.filters):  # a bank too large to build is a config error, found now
+            check_bank_size(self.filters, self.kernel, self._bank_params())
         if _is_file(self.filters):
             self._weights = HeldArray(read_npy(self.filters, info, "weights", ndim=4))
         if isinstance(self.bias, str):
@@ -298,7 +300,7 @@ class Conv(Stage):
     @property
     def _full(self) -> bool:
         """Full 4-D weights on the input channels (random, .npy), rather than a 2-D bank."""
-        return self._weights is not None or BANKS[self.filters].full
+        return _is_file(self.filters) or BANKS[self.filters].full  # no private attribute: trace calls this often
 
     def _bank_params(self) -> tuple[tuple[str, object], ...]:
         values = ((p, getattr(self, p)) for p in BANKS[self.filters].params)
@@ -423,22 +425,32 @@ class Conv(Stage):
         pads = self._pads(*x.shape[1:])
         if not self._full and self.channels == "mean":
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
-        channels = len(x)  # 1 after the mean
-        packed, weight_shape = self._packed_weights(channels)
-        bias = np.zeros(out_c, np.float32) if self._bias is None else self._bias.array
-        # Writable C-contiguous float32 throughout, so that Numba compiles the kernel once (it
-        # types read-only arrays, such as the cached banks, apart).
-        x, bias = (np.require(a, np.float32, "CW") for a in (x, bias))
+        # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
+        # read-only arrays apart).
+        x = np.require(x, np.float32, "CW")
+        packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
         out = conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
-                     self.groups_for(channels), (out_h, out_w))
+                     self.groups_for(len(x)), (out_h, out_w), offsets)
         return apply_activation(out, self.activation, inplace=True)
 
-    def _packed_weights(self, channels: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The weights for ``channels`` input channels in the kernel's layout, and their shape
-        (packed once per channel count)."""
-        from poolcli.kernels.conv import pack_weights
+    def _prepared(self, shape, pads):
+        """What the kernel needs besides the map, kept between calls: the weights in its layout
+        and their shape (per channel count), its tap offsets (per map size) and the bias."""
+        from poolcli.kernels.conv import pack_weights, plane_size, tap_offsets
 
-        if channels not in self._derived:
+        channels = shape[0]  # 1 after the channel mean
+        derived = self._derived
+        if channels not in derived:
             weights = self.weights(channels)
-            self._derived[channels] = (pack_weights(weights, self.groups_for(channels)), weights.shape)
-        return self._derived[channels]
+            bias = np.zeros(len(weights), np.float32) if self._bias is None else self._bias.array
+            derived[channels] = (pack_weights(weights, self.groups_for(channels)), weights.shape,
+                                 np.require(bias, np.float32, "CW"))
+        packed, weight_shape, bias = derived[channels]
+        key = ("offsets", tuple(shape), pads)
+        if key not in derived:
+            if len(derived) > 64:  # sizes vary from image to image: keep the cache small
+                derived.clear()
+                return self._prepared(shape, pads)
+            derived[key] = tap_offsets(weight_shape, self.groups_for(channels), self.stride, self.dilation,
+                                       *plane_size(shape, pads, self.stride))
+        return packed, weight_shape, derived[key], bias
