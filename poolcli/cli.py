@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -100,15 +101,22 @@ def _load(config: Path):
 # --- run --------------------------------------------------------------------------------------
 
 
+class _Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 @cli_errors
 def run(
     config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
-    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs."),
-    out: Path = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
+    out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images in parallel [default: min(4, cores)]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images in parallel [default: min(4, cores); with --engine ray: 2 per task]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores; with --engine ray: per task, 1]."),
+    engine: _Engine = typer.Option(_Engine.local, "--engine", help="local: this process; ray: one task per shard on a Ray cluster."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --engine ray: the cluster's address (host:port) [default: start a local Ray instance]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
     max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Larger images are recorded as failures."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -119,10 +127,11 @@ def run(
 
     pipeline = _load(config)
     err = _stderr()
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
+    unit = "shards" if engine is _Engine.ray else "images"
+    with _progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress:
         summary = run_pipeline(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
-            overwrite=overwrite, max_pixels=max_pixels, progress=progress,
+            overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
     _report_run(err, summary)
     if as_json:
@@ -132,24 +141,25 @@ def run(
 
 
 class _progress:
-    """A Rich progress bar on stderr, or nothing; used as the runner's ``progress`` callback."""
+    """A Rich progress bar on stderr, or nothing; used as the runner's ``progress`` callback.
+    ``unit`` is what it counts: images, or shards done across a Ray cluster."""
 
-    def __init__(self, console, enabled: bool):
-        self.console, self.enabled, self.bar, self.task = console, enabled, None, None
+    def __init__(self, console, enabled: bool, unit: str = "images"):
+        self.console, self.enabled, self.bar, self.task, self.unit = console, enabled, None, None, unit
 
     def __enter__(self):
         if not self.enabled:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=self.console, transient=True)
         self.bar.start()
         return self
 
     def __call__(self, done: int, total: int) -> None:
         if self.task is None:
-            self.task = self.bar.add_task("images", total=total)
+            self.task = self.bar.add_task(self.unit, total=total)
         self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc):

@@ -4,6 +4,10 @@ Inputs are decoded by a pool of threads (Pillow releases the GIL while decoding)
 ahead of the kernels, which run in this thread with Numba's own threads. Shard ``i`` holds
 keys ``[i*S, (i+1)*S)``; a shard is only ever written whole, so a killed run resumes at the
 first incomplete shard and yields exactly the rows of an uninterrupted run.
+
+:func:`process_shard` is the one implementation of a shard: the local engine calls it for each
+pending shard in turn, ``--engine ray`` (:mod:`poolcli.ray_engine`) calls it in one Ray task
+per shard.
 """
 
 from __future__ import annotations
@@ -70,12 +74,23 @@ def run(
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> RunSummary:
     """Run ``pipeline`` over ``inputs`` into the folder ``out``; see SPEC section 5.
 
-    ``progress(done, total)`` is called as images are processed. Failures are recorded, not
-    raised; a :class:`PoolcliError` is raised for problems with the run itself.
+    ``inputs`` and ``out`` may be fsspec URLs (``s3://bucket/prefix``). ``engine="ray"`` runs
+    each pending shard as a task on the Ray cluster at ``address`` (a new local instance when
+    None); ``threads`` and ``workers`` are then per task (default 1 and 2).
+
+    ``progress(done, total)`` is called as images are processed (as shards complete, with
+    Ray). Failures are recorded, not raised; a :class:`PoolcliError` is raised for problems
+    with the run itself.
     """
+    if engine not in ("local", "ray"):
+        raise PoolcliError(f"--engine must be local or ray, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise PoolcliError("--address is for --engine ray")
     if shard_size < 1:
         raise PoolcliError(f"--shard-size must be >= 1, got {shard_size}")
     if max_pixels < 1:
@@ -85,44 +100,36 @@ def run(
     folder = RunFolder(out)
     with folder.lock():  # a second run into the same folder is refused, not interleaved
         return _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels,
-                           progress)
+                           progress, engine, address)
 
 
-def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels, progress):
+def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels, progress,
+                engine, address):
     manifest = _manifest(pipeline, listing, shard_size)
     old = folder.open(manifest, _config_text(pipeline), overwrite)
     if old is not None:
         manifest.update({k: old.get(k) for k in ("dim", "map_shape")})
-    _set_threads(threads)
-    _configure_pillow(max_pixels)
 
     n_shards = -(-len(listing) // shard_size)
     summary = RunSummary(str(folder.path), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
     done_stats = {i: s for i in range(n_shards) if (s := folder.shard_stats(i)) is not None}
     summary.shards_resumed = len(done_stats)
     pending = [i for i in range(n_shards) if i not in done_stats]
-    for shard in pending:
-        folder.clear_shard(shard)
-
-    done = sum(s["end_key"] - s["first_key"] for s in done_stats.values())
-    if progress:
-        progress(done, len(listing))
     keys = [k for i in pending for k in range(i * shard_size, min(len(listing), (i + 1) * shard_size))]
-    decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers)
-    try:
-        for shard in pending:
-            end = min(len(listing), (shard + 1) * shard_size)
-            stats = _run_shard(pipeline, listing, folder, manifest, shard, shard * shard_size, end, decoded, summary)
-            done_stats[shard] = stats
-            done += end - shard * shard_size
-            if progress:
-                progress(done, len(listing))
-    finally:
-        decoded.close()
+    if engine == "ray":
+        from poolcli.ray_engine import run_shards
+
+        run_shards(pipeline, listing, folder, manifest, pending, done_stats, summary, address=address,
+                   threads=threads, workers=workers, max_pixels=max_pixels, progress=progress)
+    else:
+        _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, summary, threads=threads,
+                   workers=workers, max_pixels=max_pixels, progress=progress)
 
     summary.processed = len(keys)
     summary.written = sum(s["written"] for s in done_stats.values())
     summary.failed = sum(s["failed"] for s in done_stats.values())
+    for stats in done_stats.values():  # each shard's own, so that parallel shards never race on the manifest
+        manifest["map_shape"] = merge_map_shapes(manifest.get("map_shape"), stats.get("map_shape"))
     summary.dim, summary.map_shape = manifest.get("dim"), manifest.get("map_shape")
     summary.seconds = round(time.perf_counter() - started, 3)
     manifest.update(complete=True, counts={
@@ -133,14 +140,55 @@ def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads
     return summary
 
 
-def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, shard: int, first: int,
-               end: int, decoded: Iterator[_Decoded], summary: RunSummary) -> dict:
+def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, summary, *, threads, workers,
+               max_pixels, progress) -> None:
+    """The shards one after the other in this process, decoding ahead across shard boundaries."""
+    _set_threads(threads)
+    _configure_pillow(max_pixels)
+    shard_size = manifest["shard_size"]
+    done = sum(s["end_key"] - s["first_key"] for s in done_stats.values())
+    if progress:
+        progress(done, len(listing))
+    decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers)
+    try:
+        for shard in pending:
+            end = min(len(listing), (shard + 1) * shard_size)
+            stats, failures = process_shard(pipeline, listing, folder, manifest, shard, shard * shard_size, end, decoded)
+            done_stats[shard] = stats
+            summary.failures.extend(failures)
+            done += end - shard * shard_size
+            if progress:
+                progress(done, len(listing))
+    finally:
+        decoded.close()
+
+
+def merge_map_shapes(a, b):
+    """The map shape of a run from two parts of it: the shape they share, or "varies"."""
+    if a is None or b is None:
+        return a if b is None else b
+    return a if a == b else "varies"
+
+
+def process_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, shard: int, first: int,
+                  end: int, decoded: Iterator[_Decoded], node: str | None = None) -> tuple[dict, list[dict]]:
+    """Run ``pipeline`` over keys ``[first, end)`` (decoded in order by ``decoded``) and write the
+    shard whole, stats last; returns its stats and failure rows.
+
+    What a killed attempt left of the shard is removed first, so a retry writes it afresh. When
+    the descriptor length is not known yet, the first descriptor fixes it in ``manifest``,
+    which is saved at once (before this shard can look complete, so that a resumed run agrees);
+    the shard's map shape goes into its stats instead, since shards may run in parallel.
+    ``node`` (a Ray node id) is recorded in the stats.
+    """
     started = time.perf_counter()
     kind, dtype = manifest["kind"], np.dtype(manifest["dtype"])
     vectors, rows, failures = [], [], []
+    map_shape = None
+    folder.clear_shard(shard)
 
     def fail(key, stage, error):
-        failures.append({"key": key, "path": listing.files[key], "stage": stage, "error": error})
+        failures.append({"key": key, "path": listing.path(key), "stage": stage, "error": error})
 
     for _ in range(first, end):
         item = next(decoded)
@@ -160,7 +208,7 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
             fail(key, "pipeline", f"{type(exc).__name__}: {exc}")
             continue
         row = {
-            "key": key, "path": listing.files[key], "width": item.info.width, "height": item.info.height,
+            "key": key, "path": listing.path(key), "width": item.info.width, "height": item.info.height,
             "mode": item.info.mode, "exif_orientation": item.info.exif_orientation, "sha256": item.info.sha256,
             "shard": shard, "row": len(rows),
         }
@@ -173,13 +221,7 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
                 continue
             vectors.append(y.astype(dtype, copy=False))
         else:
-            shape = list(y.shape)
-            if manifest.get("map_shape") is None:
-                manifest["map_shape"] = shape
-                folder.save_manifest(manifest)
-            elif manifest["map_shape"] not in (shape, "varies"):
-                manifest["map_shape"] = "varies"  # maps follow each image's size
-                folder.save_manifest(manifest)
+            map_shape = merge_map_shapes(map_shape, list(y.shape))  # "varies": maps follow each image's size
             row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
         rows.append(row)
 
@@ -188,9 +230,12 @@ def _run_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, 
         "shard": shard, "first_key": first, "end_key": end, "written": len(rows), "failed": len(failures),
         "seconds": round(time.perf_counter() - started, 3), "poolcli_version": __version__,
     }
+    if map_shape is not None:
+        stats["map_shape"] = map_shape
+    if node is not None:
+        stats["node"] = node
     folder.write_shard(shard, kind, stacked, rows, failures, stats)
-    summary.failures.extend(failures)
-    return stats
+    return stats, failures
 
 
 class DecodeAhead:
@@ -216,7 +261,7 @@ class DecodeAhead:
 
     def _one(self, key: int) -> _Decoded:
         try:
-            array, info = self._decode(self._listing.files[key], self._input, self._max_pixels)
+            array, info = self._decode(self._listing.path(key), self._input, self._max_pixels)
             return _Decoded(key, array, info)
         except ImageError as exc:
             return _Decoded(key, error=str(exc))

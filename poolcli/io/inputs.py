@@ -20,15 +20,17 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 
 @dataclass(frozen=True)
 class InputList:
-    """Inputs in processing order: ``files[key]`` is the input with that key.
+    """Inputs in processing order: ``path(key)`` is the input with that key.
 
     ``root`` is the common folder of all inputs (maps are written relative to it) and
-    ``skipped`` counts the files in walked folders that are not images.
+    ``skipped`` counts the files in walked folders that are not images. A :meth:`part` holds
+    the keys ``first`` to ``first + len(files) - 1`` only: what one shard's task is sent.
     """
 
     files: tuple[str, ...]
     root: str
     skipped: int
+    first: int = 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -40,10 +42,17 @@ class InputList:
             digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
         return digest.hexdigest()
 
+    def path(self, key: int) -> str:
+        return self.files[key - self.first]
+
+    def part(self, first: int, end: int) -> InputList:
+        """The inputs with keys ``[first, end)``, keeping their keys."""
+        return InputList(self.files[first - self.first:end - self.first], self.root, 0, first)
+
     def relative(self, key: int) -> str:
         if is_url(self.root):
-            return self.files[key][len(self.root):].lstrip("/")
-        return os.path.relpath(self.files[key], self.root)
+            return self.path(key)[len(self.root):].lstrip("/")
+        return os.path.relpath(self.path(key), self.root)
 
 
 def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> InputList:
