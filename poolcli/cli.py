@@ -366,7 +366,7 @@ def fit_whiten(
 @app.command()
 @cli_errors
 def search(
-    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder."),
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
     keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from poolcli.errors import OutputError
-from poolcli.io.storage import RemotePath, as_path, remove_tree
+from poolcli.io.storage import RemotePath, as_path, readable, remove_tree
 
 try:
     import fcntl
@@ -283,14 +283,9 @@ def read_descriptors(out: str | Path):
         shard = int(stats_file.stem.split("-")[1])
         npy = folder.path / "descriptors" / part_name(shard, ".npy")
         if npy.exists():
-            vectors.append(np.load(_readable(npy), allow_pickle=False))
-            tables.append(pq.read_table(_readable(folder.path / "metadata" / part_name(shard, ".parquet"))))
+            vectors.append(np.load(readable(npy), allow_pickle=False))
+            tables.append(pq.read_table(readable(folder.path / "metadata" / part_name(shard, ".parquet"))))
     dim = manifest.get("dim") or 0
     if not vectors:
         return np.zeros((0, dim), np.dtype(manifest.get("dtype", "float32"))), metadata_schema("descriptors").empty_table()
     return np.concatenate(vectors), pa.concat_tables(tables)
-
-
-def _readable(path: Path | RemotePath):
-    """What numpy and pyarrow read: a local path itself, a remote file's bytes."""
-    return io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path

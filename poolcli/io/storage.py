@@ -76,6 +76,15 @@ def read_bytes(location) -> bytes:
         raise PoolcliError(f"cannot read {path}: {exc}") from None
 
 
+def readable(path: Path | RemotePath):
+    """What numpy and pyarrow read: a local path itself, a remote file's bytes."""
+    if isinstance(path, RemotePath):
+        import io
+
+        return io.BytesIO(path.read_bytes())
+    return path
+
+
 def remove_tree(path: Path | RemotePath) -> None:
     """Remove a folder and everything under it, if it exists."""
     if isinstance(path, RemotePath):

@@ -1,6 +1,6 @@
 """Searching a run's descriptors: exact cosine k-nearest neighbours, block by block.
 
-The descriptor shards are memory-mapped and read a block of rows at a time; each block is
+The descriptor shards (local files, or objects under an fsspec URL) are read a block of rows at a time; each block is
 normalised and scored against the (normalised) queries, and only the best ``k`` of each query
 are kept between blocks. Memory is therefore bounded by one block (its rows and its queries x
 rows scores, sized together to :data:`SCORE_BUDGET` bytes), whatever the number of rows: no
@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from poolcli.errors import OutputError, PoolcliError
+from poolcli.io.storage import readable
 
 #: Bytes for one block: its rows, their normalised copy, their scores and the bookkeeping.
 SCORE_BUDGET = 64 * 2**20
@@ -50,18 +51,18 @@ class Shard:
     number: int
     start: int  # its first row in the run's numbering
     rows: int
-    vectors: Path
+    vectors: Path  # or a RemotePath, as OUT is
     metadata: Path
 
 
 class DescriptorSet:
-    """The complete descriptor shards of a run folder, read lazily (memory-mapped)."""
+    """The complete descriptor shards of a run folder, read lazily."""
 
     def __init__(self, out: str | Path):
         from poolcli.io.output import RunFolder, part_name
 
-        self.path = Path(out)
         folder = RunFolder(out)
+        self.path = folder.path
         manifest = folder.read_manifest()
         if manifest is None:
             raise OutputError(f"{out}: no manifest.json; is this a poolcli output folder?")
@@ -75,13 +76,15 @@ class DescriptorSet:
             npy = self.path / "descriptors" / part_name(number, ".npy")
             if not npy.exists():
                 continue  # a shard whose every input failed
-            rows = int(np.load(npy, mmap_mode="r", allow_pickle=False).shape[0])
+            with npy.open("rb") as f:
+                rows = _npy_header(f, npy)[0][0]
             self.shards.append(Shard(number, start, rows, npy, self.path / "metadata" / part_name(number, ".parquet")))
             start += rows
         self.rows = start
         self.dim = manifest.get("dim")
         if self.dim is None and self.shards:
-            self.dim = int(np.load(self.shards[0].vectors, mmap_mode="r").shape[1])
+            with self.shards[0].vectors.open("rb") as f:
+                self.dim = _npy_header(f, self.shards[0].vectors)[0][1]
 
     @property
     def complete(self) -> bool:
@@ -99,18 +102,11 @@ class DescriptorSet:
         Each block is read from its file into a buffer of its own (not memory-mapped), so that
         the process holds one block of the database at a time."""
         for shard in self.shards:
-            with open(shard.vectors, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran_order, dtype = read_header(f)
-                if fortran_order or len(shape) != 2:
-                    raise OutputError(f"{shard.vectors}: expected a C-ordered (N, D) array, got shape {shape}")
+            with shard.vectors.open("rb") as f:
+                shape, dtype = _npy_header(f, shard.vectors)
                 for begin in range(0, shard.rows, block_rows):
                     count = min(block_rows, shard.rows - begin)
-                    block = np.fromfile(f, dtype=dtype, count=count * shape[1])
-                    if block.size != count * shape[1]:
-                        raise OutputError(f"{shard.vectors}: the file is shorter than its header says")
-                    yield shard.start + begin, block.reshape(count, shape[1]).astype(np.float32, copy=False)
+                    yield shard.start + begin, _read_rows(f, shard.vectors, count, shape[1], dtype)
 
     def key_path(self, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The key and path of each of ``rows`` (reading only the metadata of their shards)."""
@@ -123,7 +119,7 @@ class DescriptorSet:
         which = np.searchsorted(starts, rows, side="right") - 1
         for index in np.unique(which):
             shard = self.shards[index]
-            table = pq.read_table(shard.metadata, columns=["key", "path"])
+            table = pq.read_table(readable(shard.metadata), columns=["key", "path"])
             at = np.nonzero(which == index)[0]
             local = rows[at] - shard.start
             shard_keys = table.column("key").to_numpy()
@@ -140,15 +136,36 @@ class DescriptorSet:
         for shard in self.shards:
             if shard.number != key // shard_size:
                 continue
-            table = pq.read_table(shard.metadata, columns=["key", "path", "row"])
+            table = pq.read_table(readable(shard.metadata), columns=["key", "path", "row"])
             found = np.nonzero(table.column("key").to_numpy() == key)[0]
             if len(found):
                 row = int(table.column("row")[int(found[0])].as_py())
-                vectors = np.load(shard.vectors, mmap_mode="r", allow_pickle=False)
-                return np.asarray(vectors[row], np.float32), table.column("path")[int(found[0])].as_py()
+                with shard.vectors.open("rb") as f:
+                    (_, dim), dtype = _npy_header(f, shard.vectors)
+                    f.seek(f.tell() + row * dim * dtype.itemsize)
+                    vector = _read_rows(f, shard.vectors, 1, dim, dtype)[0]
+                return vector, table.column("path")[int(found[0])].as_py()
         if 0 <= key < int(self.manifest.get("inputs") or 0):
             raise PoolcliError(f"--key {key}: that input has no descriptor in {self.path} (it failed, or its shard is not written yet)")
         raise PoolcliError(f"--key {key}: {self.path} has keys 0 to {int(self.manifest.get('inputs') or 0) - 1}")
+
+
+def _npy_header(f, path) -> tuple[tuple[int, int], np.dtype]:
+    """Shape and dtype of the C-ordered (N, D) array in the .npy file ``f``, left at its data."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    if fortran_order or len(shape) != 2:
+        raise OutputError(f"{path}: expected a C-ordered (N, D) array, got shape {shape}")
+    return (int(shape[0]), int(shape[1])), dtype
+
+
+def _read_rows(f, path, count: int, dim: int, dtype: np.dtype) -> np.ndarray:
+    """The next ``count`` rows of ``f`` as float32, in a buffer of their own."""
+    data = f.read(count * dim * dtype.itemsize)
+    if len(data) != count * dim * dtype.itemsize:
+        raise OutputError(f"{path}: the file is shorter than its header says")
+    return np.frombuffer(data, dtype=dtype).reshape(count, dim).astype(np.float32, copy=False)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -200,17 +217,21 @@ def _block_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def embed(out: str | Path, images: list[str], descriptors: DescriptorSet) -> np.ndarray:
     """Descriptors of ``images`` computed with the run's own ``pipeline.yaml``."""
-    from poolcli.config import load_config, read_config_file
+    from poolcli.config import load_config, parse_yaml, read_config_file
     from poolcli.io.images import load_image
     from poolcli.pipeline import Pipeline
 
-    out = Path(out)
+    out = descriptors.path
     config = out / "pipeline.yaml"
     if not config.exists():
         raise OutputError(f"{out}: no pipeline.yaml to compute the queries' descriptors with")
-    data, text = read_config_file(config)
+    if isinstance(config, Path):
+        data, text = read_config_file(config)
+    else:  # OUT in object storage: the pipeline.yaml poolcli wrote there
+        text = config.read_text()
+        data = parse_yaml(text, str(config))
     # Relative paths in the config (weights, whitening) point to the folder of the config the run was given.
-    base = Path(descriptors.manifest.get("config_dir") or out)
+    base = Path(descriptors.manifest.get("config_dir") or (out if isinstance(out, Path) else "."))
     pipeline = Pipeline(load_config(data, base), text=text, source=str(config))
     vectors = []
     for path in images:
