@@ -303,6 +303,90 @@ def show(
         print(path)
 
 
+# --- warmup, bench ----------------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def warmup(
+    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help="Pipeline config (YAML) [default: every stage type]."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
+) -> None:
+    """Compile the kernels a config needs (or every stage's) ahead of the first run."""
+    from poolcli.warmup import warmup as compile_kernels
+
+    pipeline = _load(config) if config is not None else None
+    shape = _input_shape(pipeline, size, None)[0] if pipeline is not None else None
+    err = _stderr()
+    status = err.status("compiling kernels", spinner="dots") if not no_progress and sys.stderr.isatty() else None
+
+    def progress(done: int, total: int, name: str) -> None:
+        if status is not None and name:
+            status.update(f"compiling kernels (first time only): {name} ({done + 1}/{total})")
+
+    if status is not None:
+        status.start()
+    try:
+        result = compile_kernels(pipeline, shape, progress)
+    finally:
+        if status is not None:
+            status.stop()
+    what = f"the kernels of {config}" if config is not None else "every stage's kernels"
+    if result.compiled:
+        err.print(f"compiled {what} in {result.seconds:.1f} s ({result.compiled} compiled, {result.loaded} "
+                  f"already cached) into {result.cache_dir}")
+    else:
+        err.print(f"{what} are ready: loaded from {result.cache_dir} in {result.seconds:.1f} s")
+
+
+@app.command()
+@cli_errors
+def bench(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),
+) -> None:
+    """Time each stage of a config on one input: where the time goes."""
+    from poolcli.bench import bench as time_stages
+
+    pipeline = _load(config)
+    shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
+    result = time_stages(pipeline, shape, image, threads=threads)
+    rows = ([result.load] if result.load else []) + result.stages
+    total = sum(r.seconds for r in rows)
+    if as_json:
+        print(json.dumps({
+            "input": list(result.input_shape), "threads": result.threads,
+            "stages": [{"name": r.name, "type": r.type, "out_shape": list(r.out_shape), "seconds": r.seconds,
+                        "share": r.seconds / total} for r in rows],
+            "pipeline_seconds": result.pipeline.seconds,
+        }, indent=2))
+        return
+    if note:
+        _stderr().print(note)
+    from rich.table import Table
+
+    table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(result.input_shape)} input, "
+                  f"{result.threads} kernel thread{'s' if result.threads > 1 else ''}", title_justify="left")
+    for column in ("stage", "type", "output", "time", "share"):
+        table.add_column(column, justify="right" if column in ("time", "share") else "left")
+    for r in rows:
+        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), f"{100 * r.seconds / total:.1f}%")
+    table.add_section()
+    table.add_row("total", "", "", _duration(total), "100.0%")
+    out = _stdout()
+    out.print(table)
+    out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus "
+              f"{_duration(max(0.0, result.pipeline.seconds - result.stage_total))} of the pipeline's own work)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 # --- stages, validate, schema ---------------------------------------------------------------------
 
 

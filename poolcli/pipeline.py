@@ -64,6 +64,7 @@ class Pipeline:
         self.nodes = _build_nodes(config)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
+        self._fits: set[tuple[int, ...]] = set()  # input shapes already traced without error
         if config.multiscale and self.kind != "descriptors":
             raise ConfigError(
                 "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",
@@ -98,6 +99,11 @@ class Pipeline:
     @property
     def final(self) -> Node:
         return self.nodes[-1]
+
+    @property
+    def needed(self) -> frozenset[str]:
+        """Names of the stages the last one depends on: a call computes only these."""
+        return frozenset(self._needed)
 
     @property
     def kind(self) -> str:
@@ -200,7 +206,7 @@ class Pipeline:
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
         x = _as_map(x)
-        self.trace(x.shape)  # every shape problem is found here, before any kernel runs
+        self._check(x.shape)  # every shape problem is found here, before any kernel runs
         if not self.config.multiscale:
             return self._normalize(self._run(x, keep_all=False)[self.final.name])
         power = self.multiscale_power
@@ -211,6 +217,14 @@ class Pipeline:
             total = y if total is None else total + y
         combined = _signed_power(total / len(self.config.multiscale), 1.0 / power)
         return self._normalize(combined.astype(np.float32))
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        """:meth:`trace` once per input shape (a run's images share few sizes, and tracing a long
+        pipeline costs as much as running it on a small map)."""
+        if shape not in self._fits:
+            self.trace(shape)
+            if len(self._fits) < 4096:
+                self._fits.add(shape)
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every stage's output by name (``input``: the standardised input), before the output

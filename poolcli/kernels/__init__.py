@@ -2,28 +2,88 @@
 
 Importing this package makes sure Numba's on-disk cache is writable before numba is imported:
 where the package folder is read-only (a system install), kernels are cached in the user's
-cache folder instead, so ``cache=True`` works everywhere.
+cache folder instead, or failing that in the temporary folder, so ``cache=True`` works
+everywhere and only a machine's first run compiles (``poolcli warmup`` does it ahead).
 """
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
-def _cache_dir() -> str | None:
-    if os.environ.get("NUMBA_CACHE_DIR"):
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def cache_dir_for(package: Path, environ) -> str | None:
+    """The folder for NUMBA_CACHE_DIR: None to keep Numba's choice (NUMBA_CACHE_DIR already set,
+    or ``__pycache__`` beside the sources writable), else the user's cache folder, else one in
+    the temporary folder (a read-only home)."""
+    if environ.get("NUMBA_CACHE_DIR"):
         return None
-    if os.access(Path(__file__).parent, os.W_OK):
-        return None  # numba's default: __pycache__ beside the sources
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else str(Path.home() / ".cache")
-    )
-    return str(Path(base) / "poolcli" / "numba")
+    pycache = package / "__pycache__"
+    if os.access(pycache if pycache.exists() else package, os.W_OK):
+        return None
+    candidates = []
+    try:
+        home_cache = Path.home() / ".cache"
+    except RuntimeError:  # no home directory at all
+        home_cache = None
+    base = environ.get("XDG_CACHE_HOME") or (environ.get("LOCALAPPDATA") if sys.platform == "win32" else home_cache)
+    if base:
+        candidates.append(Path(base) / "poolcli" / "numba")
+    user = getattr(os, "getuid", lambda: "user")()
+    candidates.append(Path(tempfile.gettempdir()) / f"poolcli-numba-{user}")
+    return next((str(folder) for folder in candidates if _writable(folder)), None)
 
 
-_dir = _cache_dir()
+_dir = cache_dir_for(Path(__file__).parent, os.environ)
 if _dir:
     os.environ["NUMBA_CACHE_DIR"] = _dir
+
+
+class _Refuse:
+    """An import finder that makes the named modules look absent."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            raise ModuleNotFoundError(f"{name} is not imported while Numba starts", name=name)
+        return None
+
+
+def _start_numba() -> None:
+    """Load Numba's registries of implementations now, without scipy.linalg.
+
+    Before it compiles or loads its first function, Numba imports every implementation it has;
+    one of them (``numba.np.arraymath``) imports scipy.linalg, when scipy is installed, only to
+    learn that BLAS is there for ``np.correlate`` and ``np.convolve``. That import takes about a
+    second, as long as the rest of a one-image run. poolcli's kernels use neither function, so
+    scipy.linalg is made to look absent while the registries load: those two functions then use
+    Numba's own loop in this process (same results), and anything else that needs scipy.linalg
+    later imports it as usual. Nothing is done if scipy.linalg is already imported.
+    """
+    refuse = None if "scipy.linalg" in sys.modules else _Refuse("scipy.linalg", "scipy.linalg.cython_blas")
+    if refuse is not None:
+        sys.meta_path.insert(0, refuse)
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
+    finally:
+        if refuse is not None:
+            sys.meta_path.remove(refuse)
+
+
+_start_numba()
 
 # Fast-math flags that keep NaN and inf semantics (no "nnan"/"ninf"): pooling pads with -inf
 # and must propagate NaN, yet reductions may still be vectorised and reassociated.

@@ -398,7 +398,8 @@ class Conv(Stage):
 
     def output_shape(self, shape):
         channels, height, width = self.expect_map(shape)
-        return (self._out_channels(channels), *self._output_hw(height, width))
+        return self._derive(("shape", tuple(shape)),
+                            lambda: (self._out_channels(channels), *self._output_hw(height, width)))
 
     def params(self, shape):
         channels = self.expect_map(shape)[0]
@@ -434,23 +435,29 @@ class Conv(Stage):
         return apply_activation(out, self.activation, inplace=True)
 
     def _prepared(self, shape, pads):
-        """What the kernel needs besides the map, kept between calls: the weights in its layout
-        and their shape (per channel count), its tap offsets (per map size) and the bias."""
+        """What the kernel needs besides the map, kept between calls: the weights in its layout,
+        their shape and the bias (per channel count), its tap offsets (per map size)."""
         from poolcli.kernels.conv import pack_weights, plane_size, tap_offsets
 
         channels = shape[0]  # 1 after the channel mean
-        derived = self._derived
-        if channels not in derived:
+
+        def pack():
             weights = self.weights(channels)
             bias = np.zeros(len(weights), np.float32) if self._bias is None else self._bias.array
-            derived[channels] = (pack_weights(weights, self.groups_for(channels)), weights.shape,
-                                 np.require(bias, np.float32, "CW"))
-        packed, weight_shape, bias = derived[channels]
-        key = ("offsets", tuple(shape), pads)
+            return pack_weights(weights, self.groups_for(channels)), weights.shape, np.require(bias, np.float32, "CW")
+
+        packed, weight_shape, bias = self._derive(("weights", channels), pack)
+        offsets = self._derive(("offsets", tuple(shape), pads), lambda: tap_offsets(
+            weight_shape, self.groups_for(channels), self.stride, self.dilation, *plane_size(shape, pads, self.stride)))
+        return packed, weight_shape, offsets, bias
+
+    def _derive(self, key, compute):
+        """``compute()``, kept under ``key`` between calls (sizes vary from image to image: the
+        cache is emptied when it grows past 64 entries). A ShapeError is raised, never kept."""
+        derived = self._derived
         if key not in derived:
-            if len(derived) > 64:  # sizes vary from image to image: keep the cache small
+            value = compute()
+            if len(derived) >= 64:
                 derived.clear()
-                return self._prepared(shape, pads)
-            derived[key] = tap_offsets(weight_shape, self.groups_for(channels), self.stride, self.dilation,
-                                       *plane_size(shape, pads, self.stride))
-        return packed, weight_shape, derived[key], bias
+            derived[key] = value
+        return derived[key]

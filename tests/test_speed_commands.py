@@ -1,0 +1,181 @@
+"""poolcli bench and poolcli warmup, the kernel cache folder, and start-up without numba."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import poolcli.kernels
+from poolcli.cli import app
+from poolcli.kernels import cache_dir_for
+
+REPO = Path(__file__).resolve().parent.parent
+GABOR_GEM = REPO / "configs" / "gabor_gem.yaml"
+PHOTO = REPO / "sample_images" / "chelsea.png"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+def test_bench_times_every_needed_stage_and_shares_sum_to_one():
+    result = invoke("bench", GABOR_GEM, "--size", 40, 48, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["input"] == [3, 40, 48]
+    assert [s["name"] for s in data["stages"]] == ["gabor", "pool", "gem"]
+    assert [s["out_shape"] for s in data["stages"]] == [[48, 40, 48], [48, 20, 24], [48]]
+    assert all(s["seconds"] > 0 for s in data["stages"]) and data["pipeline_seconds"] > 0
+    assert abs(sum(s["share"] for s in data["stages"]) - 1) < 1e-9
+
+
+def test_bench_with_an_image_times_its_loading_first(tmp_path):
+    result = invoke("bench", GABOR_GEM, "--image", PHOTO, "--json", "--threads", 1)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["stages"][0]["name"] == "load" and data["threads"] == 1
+    assert data["input"] == [3, 170, 256]  # chelsea.png is 451 x 300; resize longest 256
+
+
+def test_bench_table_names_each_stage():
+    result = invoke("bench", GABOR_GEM, "--size", 32, 32)
+    assert result.exit_code == 0, result.output
+    for word in ("gabor", "pool", "gem", "total", "share", "one pipeline call"):
+        assert word in result.stdout
+
+
+def test_bench_skips_stages_the_output_does_not_need(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n  - {type: max_pool, kernel_size: 2, name: unused}\n"
+                      "  - {type: gem, from: input, name: g}\n")
+    data = json.loads(invoke("bench", config, "--size", 8, 8, "--json").stdout)
+    assert [s["name"] for s in data["stages"]] == ["g"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", 4, 4], "stage 'gabor'"),  # a 15x15 kernel with reflect padding on a 4x4 map
+    (["--size", 32, 32, "--threads", 0], "--threads must be between 1 and"),
+])
+def test_bench_errors_are_one_line(args, message):
+    result = invoke("bench", GABOR_GEM, *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+# --- warmup -------------------------------------------------------------------------------------
+
+
+def warmup_in_fresh_process(config, cache):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-m", "poolcli", "warmup", str(config), "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_warmup_compiles_once_then_loads_from_the_cache(tmp_path):
+    config = tmp_path / "gem.yaml"
+    config.write_text("stages: [{type: gem, p: 3}]\n")
+    first = warmup_in_fresh_process(config, tmp_path / "cache")
+    assert "compiled the kernels of" in first and str(tmp_path / "cache") in first
+    assert any((tmp_path / "cache").rglob("*.nbi"))
+    second = warmup_in_fresh_process(config, tmp_path / "cache")
+    assert "are ready: loaded from" in second
+
+
+def test_warmup_without_a_config_runs_every_stage_type():
+    result = invoke("warmup", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "every stage's kernels" in result.output
+
+
+def test_warmup_bad_config_is_one_line(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 0}]\n")
+    result = invoke("warmup", config)
+    assert result.exit_code == 1 and "kernel_size" in result.output and "Traceback" not in result.output
+
+
+# --- where compiled kernels go --------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make os.access say no for the given folders (the tests run as root, who may write anywhere)."""
+    denied = set()
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) in denied and mode & os.W_OK:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    return denied
+
+
+def test_cache_stays_beside_the_sources_when_writable(tmp_path):
+    assert cache_dir_for(tmp_path, {}) is None
+    assert cache_dir_for(tmp_path, {"NUMBA_CACHE_DIR": "/elsewhere"}) is None
+
+
+def test_read_only_package_caches_in_the_user_cache_folder(tmp_path, read_only):
+    package = tmp_path / "site-packages" / "poolcli" / "kernels"
+    (package / "__pycache__").mkdir(parents=True)
+    read_only.add(package / "__pycache__")
+    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert chosen == str(tmp_path / "xdg" / "poolcli" / "numba") and Path(chosen).is_dir()
+
+
+def test_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path, read_only, monkeypatch):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    read_only.add(package)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")  # a cache "folder" below a file cannot be created
+    monkeypatch.setattr(poolcli.kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(not_a_folder)})
+    assert chosen is not None and chosen.startswith(str(tmp_path / "tmp" / "poolcli-numba-"))
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["inspect", str(GABOR_GEM)], ["stages"], ["validate", str(GABOR_GEM)]])
+def test_commands_that_run_no_kernel_import_no_numba(args):
+    code = ("import sys, runpy; sys.argv = ['poolcli', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('poolcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numba', 'pyarrow', 'torch', 'scipy') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+
+
+def test_help_imports_neither_numpy_nor_pydantic():
+    code = ("import sys, runpy; sys.argv = ['poolcli', '--help']\n"
+            "try:\n    runpy.run_module('poolcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('numpy', 'pydantic', 'yaml', 'rich') if m in sys.modules], file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+    assert "warmup" in done.stdout and "bench" in done.stdout
+
+
+def test_kernels_equal_after_loading_from_the_cache():
+    # The cache holds machine code: a second process must compute exactly what the first did.
+    code = ("import numpy as np, poolcli\n"
+            "pipe = poolcli.Pipeline.from_yaml('configs/gabor_gem.yaml')\n"
+            "x = np.random.default_rng(0).random((3, 40, 52), np.float32)\n"
+            "print(' '.join(f'{v:.9e}' for v in pipe(x)))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    values = np.array(runs[0].stdout.split(), float)
+    assert values.shape == (48,) and abs(np.linalg.norm(values) - 1) < 1e-5
