@@ -146,7 +146,8 @@ class PipelineConfig(Model):
             if isinstance(stages, list):
                 for i, stage in enumerate(stages):
                     if not isinstance(stage, dict):
-                        raise ConfigError(f"stages[{i}]: must be a mapping like {{type: max_pool}}, got {stage!r}")
+                        got = shorten(repr(stage), 80)
+                        raise ConfigError(f"stages[{i}]: must be a mapping like {{type: max_pool}}, got {got}")
         return data
 
 
@@ -216,21 +217,76 @@ def validate_model(model: type[BaseModel], data: Any, where: tuple = (), label: 
         head = format_loc(where) + label
         tail = format_loc(loc)
         place = f"{head}.{tail}" if head and tail else (head or tail or "config")
-        raise ConfigError(f"{place}: {message}", loc=where + loc) from None
+        raise ConfigError(f"{place}: {shorten(message)}", loc=where + loc) from None
+
+
+def shorten(message: str, limit: int = 300) -> str:
+    """A message cut to ``limit`` characters: one that quotes a huge value stays one line."""
+    return message if len(message) <= limit else message[: limit - 5] + " ..."
 
 
 # --- YAML ------------------------------------------------------------------------------------
 
 
+#: Larger config files are refused: YAML parsing in Python takes about 20 s per MiB.
+MAX_CONFIG_BYTES = 256 * 1024
+#: A config with more values than this, once its aliases are expanded, is refused: a real one
+#: has hundreds, and "billion laughs" documents (aliases of aliases) expand to billions.
+MAX_VALUES = 100_000
+#: Lists and mappings nested deeper than this are refused (a real config nests 4 deep).
+MAX_DEPTH = 50
+
+
 def parse_yaml(text: str, source: str = "config") -> Any:
-    """``yaml.safe_load`` with a one-line error that gives the line."""
+    """``yaml.safe_load`` with a one-line error that gives the line; documents that are too
+    large once their aliases are expanded, too deep, or that contain themselves are refused
+    before anything walks them."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # a scalar PyYAML cannot convert: an integer of over 4300 digits
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    _check_size(data, source)
+    return data
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Count the values of ``data`` as if its aliases were expanded, without expanding them
+    (each shared list or mapping is counted once per use, from a memo), and find cycles."""
+    counts: dict[int, int] = {}
+    # Iterative depth-first walk: (node, depth, children counted yet).
+    stack: list[tuple[Any, int, bool]] = [(data, 0, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        if not isinstance(node, (list, dict)):
+            continue
+        key = id(node)
+        children = list(node.values()) + list(node.keys()) if isinstance(node, dict) else node
+        if done:
+            open_nodes.discard(key)
+            total = 1 + sum(counts.get(id(c), 1) for c in children)
+            counts[key] = total
+            if total > MAX_VALUES:
+                raise ConfigError(f"{source}: more than {MAX_VALUES} values once its aliases are expanded; "
+                                  "a config is far smaller")
+            continue
+        if key in counts:
+            continue
+        if key in open_nodes:
+            raise ConfigError(f"{source}: an alias refers to a list or mapping that contains it; "
+                              "a config cannot contain itself")
+        if depth >= MAX_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep; a config is far flatter")
+        open_nodes.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
 
 
 def line_of(text: str, loc: tuple) -> int | None:
@@ -259,9 +315,13 @@ def read_config_file(path: str | Path) -> tuple[dict, str]:
     """The raw mapping and verbatim text of a config file."""
     path = Path(path)
     try:
-        raw_bytes = path.read_bytes()
+        with open(path, "rb") as f:
+            raw_bytes = f.read(MAX_CONFIG_BYTES + 1)  # /dev/zero and endless pipes end here too
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    if len(raw_bytes) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is far smaller "
+                          "(weights belong in .npy files)")
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -179,6 +179,7 @@ class Pipeline:
             stage = node.stage
             try:
                 out = tuple(stage.output_shape(*ins))
+                _check_output_size(out)
                 params, macs = stage.params(*ins), stage.macs(*ins)
                 rf = stage.receptive_field(fields[node.inputs[0]], *ins)
             except ShapeError as exc:
@@ -287,9 +288,22 @@ def _signed_power(y: np.ndarray, power: float) -> np.ndarray:
     return y if power == 1 else np.sign(y) * np.abs(y) ** power
 
 
+#: No stage output may hold more values than this (16 GiB of float32): a config that asks for
+#: more (an output_size or scale_factor of a billion) gets a shape error, not a hang or a crash.
+MAX_OUTPUT_VALUES = 2**32
+
+
+def _check_output_size(shape: tuple[int, ...]) -> None:
+    values = math.prod(shape)
+    if values > MAX_OUTPUT_VALUES:
+        raise ShapeError(f"its output {'x'.join(map(str, shape))} would hold {values:.3g} values, more than the "
+                         f"limit of {MAX_OUTPUT_VALUES} (16 GiB)")
+
+
 def _build_nodes(config: PipelineConfig) -> list[Node]:
     nodes: list[Node] = []
     names = {"input"}
+    earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
     context = {"base_dir": config.base_dir}
     for index, raw in enumerate(config.stages):
         stage = build_stage(raw, index, context)
@@ -299,10 +313,11 @@ def _build_nodes(config: PipelineConfig) -> list[Node]:
             raise ConfigError(f"{where}.name: '{name}' is already used by an earlier stage", loc=("stages", index, "name"))
         inputs = _inputs_of(stage, nodes, names, where, index)
         try:
-            inputs += stage.link({n.name: (n.stage, n.inputs) for n in nodes})
+            inputs += stage.link(earlier)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
         nodes.append(Node(name, stage, inputs))
+        earlier[name] = (stage, inputs)
         names.add(name)
     return nodes
 

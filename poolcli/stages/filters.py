@@ -44,6 +44,8 @@ def gaussian_size(sigma: float) -> int:
     >>> gaussian_size(1.0), gaussian_size(1.5)
     (7, 11)
     """
+    if not math.isfinite(3 * sigma):
+        raise ValueError(f"sigma {sigma:g} is too large for any kernel")
     return 2 * math.ceil(3 * sigma) + 1
 
 
@@ -163,7 +165,8 @@ class Bank:
     ``params``: the stage parameters the bank reads (others are config errors with it);
     ``default_size``: the kernel size when ``kernel_size`` is omitted, from those parameters;
     ``fixed``: that size is the only one allowed; ``min_size``: smaller kernels are errors;
-    ``full``: full 4-D weights on the input channels (else F 2-D filters).
+    ``full``: full 4-D weights on the input channels (else F 2-D filters); ``count``: the
+    number of filters (or output channels), from the same parameters, without building them.
     """
 
     make: Callable[..., np.ndarray]
@@ -172,15 +175,16 @@ class Bank:
     fixed: bool = False
     min_size: int = 1
     full: bool = False
+    count: Callable[..., int] = lambda **params: 1
 
 
 BANKS: dict[str, Bank] = {
     "identity": Bank(identity, default_size=lambda: 1),
     "box": Bank(box),
     "gaussian": Bank(gaussian, ("sigma",), default_size=gaussian_size),
-    "sobel": Bank(sobel, fixed=True),
-    "scharr": Bank(scharr, fixed=True),
-    "prewitt": Bank(prewitt, fixed=True),
+    "sobel": Bank(sobel, fixed=True, count=lambda: 2),
+    "scharr": Bank(scharr, fixed=True, count=lambda: 2),
+    "prewitt": Bank(prewitt, fixed=True, count=lambda: 2),
     "laplacian": Bank(laplacian, fixed=True),
     "log": Bank(log, ("sigma",), default_size=gaussian_size, min_size=3),
     "gabor": Bank(
@@ -190,9 +194,27 @@ BANKS: dict[str, Bank] = {
             gabor_sigma(max(wavelengths), bandwidth)
         ),
         min_size=3,
+        count=lambda orientations, wavelengths, phase, bandwidth: orientations * len(wavelengths) * len(PHASES[phase]),
     ),
-    "random": Bank(random, ("out_channels", "seed"), full=True),
+    "random": Bank(random, ("out_channels", "seed"), full=True, count=lambda out_channels, seed: out_channels),
 }
+
+#: The most values a bank may hold (256 MiB of float32). A kernel_size, sigma or wavelength so
+#: large, or so many filters, that the bank would not fit is an error found before building it.
+MAX_BANK_VALUES = 2**26
+
+
+def check_bank_size(name: str, kernel: tuple[int, int], params: tuple[tuple[str, object], ...] = (),
+                    in_channels: int = 1) -> None:
+    """ValueError if bank ``name`` would hold more than :data:`MAX_BANK_VALUES` values."""
+    bank = BANKS[name]
+    filters = bank.count(**dict(params)) * (in_channels if bank.full else 1)
+    values = filters * kernel[0] * kernel[1]
+    if values > MAX_BANK_VALUES:
+        raise ValueError(
+            f"the {name} bank would hold {values:.3g} values ({filters} filters of {kernel[0]}x{kernel[1]}), more than "
+            f"the limit of {MAX_BANK_VALUES}; give a smaller kernel_size, sigma or wavelength, or fewer filters"
+        )
 
 
 def default_kernel_size(name: str, params: tuple[tuple[str, object], ...] = ()) -> tuple[int, int]:
@@ -213,6 +235,7 @@ def make_bank(name: str, kernel: tuple[int, int], params: tuple[tuple[str, objec
     ``params`` are the bank's parameters as ``(name, value)`` pairs (lists as tuples, so that
     the call can be cached); ``in_channels`` (C/groups) is for ``random`` only.
     """
+    check_bank_size(name, kernel, params, in_channels or 1)
     bank = BANKS[name]
     extra = {"in_channels": in_channels} if bank.full else {}
     array = np.ascontiguousarray(bank.make(tuple(kernel), **extra, **dict(params)), dtype=np.float32)

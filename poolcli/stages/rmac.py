@@ -58,8 +58,8 @@ def rmac_regions(height: int, width: int, levels: int) -> tuple[tuple[int, int, 
     regions = [(0, 0, height, width)]
     for level in range(1, levels + 1):
         wl = math.floor(2 * w / (level + 1))
-        if wl == 0:  # a map too small for this level's regions
-            continue
+        if wl == 0:  # a map too small for this level's regions, and for every later level's
+            break
         wl2 = math.floor(wl / 2 - 1)
         for top in _centres(height, wl, wl2, level + extra_h):
             for left in _centres(width, wl, wl2, level + extra_w):
@@ -93,7 +93,7 @@ class RMAC(Stage):
     summary = "R-MAC: sum of L2-normalised region maxima on cirtorch's grid (levels, eps): (C,H,W) -> (C,)"
     makes_vector = True
     example: ClassVar[dict] = {"levels": 3}
-    levels: PositiveInt = Field(3, description="region scales: level l has regions of side floor(2*min(H, W)/(l+1))")
+    levels: PositiveInt = Field(3, le=32, description="region scales: level l has regions of side floor(2*min(H, W)/(l+1))")
     eps: float = Field(1e-6, gt=0, allow_inf_nan=False, description="added to each region's L2 norm before dividing")
 
     def output_shape(self, shape):
