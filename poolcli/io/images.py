@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -60,6 +62,12 @@ DEFAULT_MAX_PIXELS = 89_478_485
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 
 NPY_MAGIC = b"\x93NUMPY"
+
+#: A progressive JPEG with more scans than this is refused before it is decoded: each scan
+#: makes libjpeg go over the whole image again, so that a file of a few hundred kilobytes can
+#: decode for minutes. TurboJPEG's own guard (TJFLAG_LIMITSCANS) stops at the same number;
+#: real progressive JPEGs have about ten.
+MAX_JPEG_SCANS = 500
 
 _DEFAULT_INPUT = InputConfig()
 
@@ -209,6 +217,7 @@ def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -
 
 
 def _read_bytes(path) -> bytes:
+    _refuse_special_file(path)
     try:
         data = read_bytes(path)  # a local path, or an fsspec URL
     except OSError as exc:
@@ -216,6 +225,18 @@ def _read_bytes(path) -> bytes:
     if not data:
         raise ImageError("empty file (0 bytes)")
     return data
+
+
+def _refuse_special_file(path) -> None:
+    """A named pipe, socket or device under an image's name: reading it could wait forever
+    (a pipe without a writer) or never end (``/dev/zero``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, TypeError, ValueError):
+        return  # missing, a broken link or a URL: the read says what is wrong
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ImageError(f"not a regular file: {kind}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -243,7 +264,21 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
 
 
 def _decode_npy(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """An ``(H, W)`` or ``(C, H, W)`` numeric array, as float32 ``(C, H, W)``, unscaled."""
+    """An ``(H, W)`` or ``(C, H, W)`` numeric array, as float32 ``(C, H, W)``, unscaled.
+
+    The header is checked first: a few bytes can declare an array of any size, and loading
+    allocates what they declare."""
+    try:
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except Exception as exc:  # not a header numpy can read
+        raise ImageError(f"cannot load .npy array: {_describe(exc)}") from exc
+    if len(shape) in (2, 3):
+        _check_pixels(shape[-1], shape[-2], max_pixels)
+    if not dtype.hasobject and len(data) - stream.tell() < int(np.prod(shape, dtype=object)) * dtype.itemsize:
+        raise ImageError(f"cannot load .npy array: truncated, {shape} of {dtype} in a file of {len(data)} bytes")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except MemoryError:
@@ -274,12 +309,36 @@ def _decode_pixels(data: bytes, max_pixels: int | None):
     """(color (c, H, W), alpha (H, W) or None, stored mode, EXIF orientation), upright."""
     with _open_image(data) as image:
         _check_pixels(image.width, image.height, max_pixels)
+        if image.format in ("JPEG", "MPO"):
+            _check_jpeg_scans(data)
         mode = image.mode
         image.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
         orientation = _exif_orientation(image)
         upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
         color, alpha = _to_float(upright)
     return color, alpha, mode, orientation
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """ImageError if the (first) JPEG in ``data`` has more than :data:`MAX_JPEG_SCANS` scans.
+
+    Walks the markers: segments are skipped by their length (an EXIF thumbnail's scans are
+    not counted), entropy-coded data up to the next marker that is not a stuffed byte or a
+    restart."""
+    scans, at, end = 0, 2, len(data)
+    while (at := data.find(b"\xff", at)) != -1 and at + 1 < end:
+        marker = data[at + 1]
+        if marker == 0xD9:  # end of image: an MPO's other pictures are not decoded
+            return
+        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:  # stuffing, fill, restarts
+            at += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(f"progressive JPEG with more than {MAX_JPEG_SCANS} scans: each decodes the whole "
+                                 "image again, refused as too slow to decode")
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
 
 
 def _exif_orientation(image: Image.Image) -> int:

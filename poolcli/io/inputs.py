@@ -69,7 +69,8 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> Inpu
     inputs = [local_path(given) for given in inputs]
     if any(is_url(given) for given in inputs):
         return _collect_urls(inputs, exclude)
-    excluded = os.path.abspath(exclude) if exclude is not None else None
+    # Compared by real path: OUT reached through a link, or named through one, is still OUT.
+    excluded = os.path.realpath(exclude) if exclude is not None else None
     found: set[str] = set()
     skipped = 0
     for given in inputs:
@@ -87,7 +88,7 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> Inpu
                 files, not_images = _walk(path, excluded)
                 found.update(files)
                 skipped += not_images
-            elif not _inside(path, excluded):
+            elif not _inside(os.path.realpath(path), excluded):
                 found.add(path)
     if not found:
         raise PoolcliError("no image files found in " + ", ".join(inputs))
@@ -103,10 +104,14 @@ def _inside(path: str, folder: str | None, sep: str = os.sep) -> bool:
 def _walk(folder: str, excluded: str | None) -> tuple[list[str], int]:
     files, skipped = [], 0
     for parent, dirs, names in os.walk(folder):  # does not follow links to folders: no loops
-        dirs[:] = [d for d in dirs if not _inside(os.path.join(parent, d), excluded)]
+        real_parent = os.path.realpath(parent)
+        dirs[:] = [d for d in dirs if not _inside(os.path.join(real_parent, d), excluded)]
         for name in names:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                files.append(os.path.join(parent, name))
+                path = os.path.join(parent, name)
+                if excluded and os.path.islink(path) and _inside(os.path.realpath(path), excluded):
+                    continue  # a link to a file in OUT: poolcli's own output
+                files.append(path)
             else:
                 skipped += 1
     return files, skipped

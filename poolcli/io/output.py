@@ -67,10 +67,21 @@ def save_json(path: str | Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"))
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: the bytes of a file name that are not UTF-8 (which Python keeps
+    as surrogate escapes) written as ``\\xNN``, as ``ls -b`` shows them.
+
+    >>> printable(os.fsdecode(b"caf\\xe9.png"))
+    'caf\\\\xe9.png'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save_parquet(path: str | Path, rows: list[dict], schema) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    rows = [{k: printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -224,7 +235,7 @@ class RunFolder:
 
     def write_map(self, relative: str, array: np.ndarray) -> str:
         """Write one image's map under maps/; returns its path relative to the folder."""
-        target = self.path / "maps" / (relative + ".npy")
+        target = self.path / "maps" / (printable(relative) + ".npy")  # map_file is stored as UTF-8 text
         with self.writing():
             target.parent.mkdir(parents=True, exist_ok=True)
             save_npy(target, array)
