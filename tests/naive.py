@@ -528,3 +528,17 @@ def hopfield_pool(x, beta=None, steps=1, query="mean"):
         weights = [math.exp(s - top) for s in scores]
         xi = sum(wt * p for wt, p in zip(weights, X)) / sum(weights)
     return np.asarray(xi, np.float32)
+
+
+# --- whitening -------------------------------------------------------------------------------------
+
+
+def whiten(x, mean, projection, eps=1e-6):
+    """x / ||x||, minus the mean, times each row of the projection, then / (its norm + eps);
+    one float64 sum at a time."""
+    x = [float(v) for v in x]
+    norm = math.sqrt(sum(v * v for v in x))
+    x = [v / max(norm, 1e-12) - float(m) for v, m in zip(x, mean)]
+    y = [sum(float(p) * v for p, v in zip(row, x)) for row in projection]
+    norm = math.sqrt(sum(v * v for v in y))
+    return np.array([v / (norm + eps) for v in y], np.float32)
