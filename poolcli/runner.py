@@ -320,6 +320,9 @@ def _configure_pillow(max_pixels: int) -> None:
     from PIL import Image
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # Pillow warns about damage it decodes around ("Corrupt EXIF data"): the image is written
+    # or is a failure row either way, and stderr is for poolcli's own lines.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
 

@@ -66,6 +66,9 @@ def test_hostile_folder(tmp_path):
 
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    summary_line, *failure_lines = result.stderr.splitlines()  # no warning from Pillow in between
+    assert summary_line.startswith("wrote ") and failure_lines
+    assert all(line.startswith(("  failed: ", "  ... and ")) for line in failure_lines), result.stderr
     summary = json.loads(result.stdout)
     images = {name: outcome for name, outcome in expected.items() if outcome != ("skipped",)}
     assert summary["inputs"] == len(images) and summary["skipped"] == 1
