@@ -1,7 +1,13 @@
 """``poolcli run``: a pipeline over many inputs, written shard by shard into an output folder.
 
-Inputs are decoded by a pool of threads (Pillow releases the GIL while decoding) a few images
-ahead of the kernels, which run in this thread with Numba's own threads. Shard ``i`` holds
+Inputs are decoded and run through the pipeline by a pool of threads, one image per thread, a
+few images ahead of this thread, which writes the results in order. Pillow and the kernels
+release the GIL, so with one worker per core and one kernel thread per worker the cores stay
+busy with no thread waiting on another: decoding one image overlaps computing the next, and
+no parallel kernel waits for a core that a decoding thread holds. Where Numba's threading
+layer does not allow kernels on several threads at once (its fallback, workqueue, when neither
+OpenMP nor TBB is installed), the workers only decode and the kernels run in this thread with
+Numba's own threads, as ``--workers`` and ``--threads`` say. Shard ``i`` holds
 keys ``[i*S, (i+1)*S)``; a shard is only ever written whole, so a killed run resumes at the
 first incomplete shard and yields exactly the rows of an uninterrupted run.
 
@@ -60,7 +66,9 @@ class _Decoded:
     key: int
     array: np.ndarray | None = None
     info: object = None
-    error: str | None = None
+    error: str | None = None  # the file could not be decoded
+    output: np.ndarray | None = None  # the pipeline's output, when the worker ran it
+    failure: tuple[str, str] | None = None  # (stage, message) when the worker's pipeline failed
 
 
 def run(
@@ -143,13 +151,19 @@ def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads
 def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, summary, *, threads, workers,
                max_pixels, progress) -> None:
     """The shards one after the other in this process, decoding ahead across shard boundaries."""
-    _set_threads(threads)
     _configure_pillow(max_pixels)
     shard_size = manifest["shard_size"]
     done = sum(s["end_key"] - s["first_key"] for s in done_stats.values())
     if progress:
         progress(done, len(listing))
-    decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers)
+    if kernels_threadsafe():
+        threads = threads or 1
+        _set_threads(threads)  # checks the value; each worker sets it for itself
+        workers = workers or max(1, usable_cores() // threads)
+        decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers, compute_threads=threads)
+    else:
+        _set_threads(threads)
+        decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers)
     try:
         for shard in pending:
             end = min(len(listing), (shard + 1) * shard_size)
@@ -196,16 +210,12 @@ def process_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dic
         if item.error is not None:
             fail(key, "load", item.error)
             continue
-        try:
-            y = pipeline(item.array)
-        except ShapeError as exc:
-            fail(key, exc.stage or "pipeline", str(exc))
-            continue
-        except PoolcliError as exc:
-            fail(key, "pipeline", str(exc))
-            continue
-        except (ArithmeticError, ValueError, RuntimeError, IndexError) as exc:  # a kernel's own error
-            fail(key, "pipeline", f"{type(exc).__name__}: {exc}")
+        if item.output is None and item.failure is None:  # decoded only: compute here
+            y, failure = apply_pipeline(pipeline, item.array)
+        else:
+            y, failure = item.output, item.failure
+        if failure is not None:
+            fail(key, *failure)
             continue
         row = {
             "key": key, "path": listing.path(key), "width": item.info.width, "height": item.info.height,
@@ -238,17 +248,53 @@ def process_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dic
     return stats, failures
 
 
-class DecodeAhead:
-    """Decode ``keys`` in order on a thread pool, a bounded number of images ahead."""
+def apply_pipeline(pipeline: Pipeline, array: np.ndarray) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """``(pipeline(array), None)``, or ``(None, (stage, message))`` for an image the pipeline
+    cannot take: a failure row, not an error of the run."""
+    try:
+        return pipeline(array), None
+    except ShapeError as exc:
+        return None, (exc.stage or "pipeline", str(exc))
+    except PoolcliError as exc:
+        return None, ("pipeline", str(exc))
+    except (ArithmeticError, ValueError, RuntimeError, IndexError) as exc:  # a kernel's own error
+        return None, ("pipeline", f"{type(exc).__name__}: {exc}")
 
-    def __init__(self, listing: InputList, keys: list[int], pipeline: Pipeline, max_pixels: int, workers: int | None):
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def kernels_threadsafe() -> bool:
+    """Whether kernels may run on several threads at once: Numba's threading layer is OpenMP or
+    TBB (its workqueue fallback aborts when two threads launch parallel kernels together)."""
+    import numba
+
+    try:
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()  # chooses and starts the threading layer, as a first kernel would
+        return numba.threading_layer() in ("omp", "tbb")
+    except Exception:  # noqa: BLE001 (a private function: any surprise means "not known safe")
+        return False
+
+
+class DecodeAhead:
+    """Decode ``keys`` in order on a thread pool, a bounded number of images ahead; with
+    ``compute_threads``, each worker also runs the pipeline on its image, its kernels on that
+    many threads, and hands over the output (or the failure) instead of the array."""
+
+    def __init__(self, listing: InputList, keys: list[int], pipeline: Pipeline, max_pixels: int, workers: int | None,
+                 compute_threads: int | None = None):
         from poolcli.io.images import decode
 
         self._decode, self._listing, self._input, self._max_pixels = decode, listing, pipeline.config.input, max_pixels
+        self._pipeline = pipeline if compute_threads else None
         workers = workers or min(4, os.cpu_count() or 1)
         if workers < 1:
             raise PoolcliError(f"--workers must be >= 1, got {workers}")
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolcli-decode")
+        start = (lambda: _set_threads(compute_threads)) if compute_threads else None  # per thread in Numba
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolcli-worker", initializer=start)
         self._keys = iter(keys)
         self._queue: deque = deque()
         for _ in range(2 * workers):
@@ -262,9 +308,12 @@ class DecodeAhead:
     def _one(self, key: int) -> _Decoded:
         try:
             array, info = self._decode(self._listing.path(key), self._input, self._max_pixels)
-            return _Decoded(key, array, info)
         except ImageError as exc:
             return _Decoded(key, error=str(exc))
+        if self._pipeline is None:
+            return _Decoded(key, array, info)
+        output, failure = apply_pipeline(self._pipeline, array)
+        return _Decoded(key, info=info, output=output, failure=failure)
 
     def __next__(self) -> _Decoded:
         item = self._queue.popleft().result()
@@ -328,10 +377,6 @@ def _configure_pillow(max_pixels: int) -> None:
 
 
 def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
+    from poolcli.kernels import set_threads
 
-    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise PoolcliError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
-    numba.set_num_threads(threads)
+    set_threads(threads)

@@ -179,3 +179,65 @@ def test_kernels_equal_after_loading_from_the_cache():
     assert runs[0].stdout == runs[1].stdout
     values = np.array(runs[0].stdout.split(), float)
     assert values.shape == (48,) and abs(np.linalg.norm(values) - 1) < 1e-5
+
+
+# --- run: images computed on the worker threads ---------------------------------------------------
+
+
+@pytest.fixture
+def mixed_inputs(tmp_path):
+    """Photos of several sizes, one too small for gabor_gem's 15x15 reflect padding, one broken."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with Image.open(PHOTO) as photo:
+        photo = photo.convert("RGB")
+        for i, size in enumerate([(451, 300), (120, 90), (64, 200), (300, 301), (45, 30), (200, 200), (96, 64)]):
+            photo.resize(size).save(folder / f"p{i}.png")
+    Image.new("RGB", (5, 5)).save(folder / "tiny.png")  # resized to 256 longest: fits; 5x5 -> 256x256
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def read_run(out):
+    from poolcli import read_descriptors
+
+    vectors, metadata = read_descriptors(out)
+    import pyarrow.parquet as pq
+
+    failures = pq.read_table(next((Path(out) / "failures").glob("*.parquet"))).to_pylist()
+    return vectors, metadata.column("key").to_pylist(), sorted((f["key"], f["stage"]) for f in failures)
+
+
+@pytest.mark.parametrize("options", [{"workers": 3}, {"workers": 2, "threads": 2}, {"threads_safe": False}])
+def test_run_gives_the_same_rows_however_images_are_spread(tmp_path, mixed_inputs, monkeypatch, options):
+    import poolcli.runner as runner
+    from poolcli import Pipeline
+
+    config = tmp_path / "c.yaml"
+    config.write_text("input: {resize: {longest: 64}}\nstages:\n"
+                      "  - {type: conv, filters: gabor, orientations: 2, wavelengths: [4], kernel_size: 9,"
+                      " channels: each, padding: same, padding_mode: reflect, activation: abs}\n"
+                      "  - {type: max_pool, kernel_size: 2}\n  - {type: gem, p: 3}\n")
+    pipe = Pipeline.from_yaml(config)
+    reference = runner.run(pipe, [str(mixed_inputs)], tmp_path / "one", workers=1, threads=1, shard_size=4)
+    if options.pop("threads_safe", True) is False:
+        monkeypatch.setattr(runner, "kernels_threadsafe", lambda: False)  # Numba's workqueue layer
+    summary = runner.run(Pipeline.from_yaml(config), [str(mixed_inputs)], tmp_path / "many", shard_size=4, **options)
+    assert (summary.written, summary.failed) == (reference.written, reference.failed) == (8, 1)
+    ours, theirs = read_run(tmp_path / "many"), read_run(tmp_path / "one")
+    np.testing.assert_array_equal(ours[0], theirs[0])  # bit for bit: each image is computed whole by one thread
+    assert ours[1:] == theirs[1:]
+
+
+def test_a_failing_image_on_a_worker_is_a_failure_row_naming_the_stage(tmp_path, mixed_inputs):
+    import poolcli.runner as runner
+    from poolcli import Pipeline
+
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n  - {type: conv, filters: gaussian, sigma: 8, padding: same, padding_mode: reflect}\n"
+                      "  - {type: gem}\n")  # a 49x49 reflect-padded kernel: maps under 25 pixels fail
+    summary = runner.run(Pipeline.from_yaml(config), [str(mixed_inputs)], tmp_path / "out", workers=2)
+    stages = {f["path"].rsplit("/", 1)[-1]: f["stage"] for f in summary.failures}
+    assert stages == {"broken.jpg": "load", "tiny.png": "conv0"}

@@ -453,11 +453,13 @@ class Conv(Stage):
 
     def _derive(self, key, compute):
         """``compute()``, kept under ``key`` between calls (sizes vary from image to image: the
-        cache is emptied when it grows past 64 entries). A ShapeError is raised, never kept."""
+        cache is emptied when it grows past 64 entries). A ShapeError is raised, never kept.
+        Safe when a run computes images on several threads: at worst two compute the same value."""
         derived = self._derived
-        if key not in derived:
+        value = derived.get(key)
+        if value is None:
             value = compute()
             if len(derived) >= 64:
                 derived.clear()
             derived[key] = value
-        return derived[key]
+        return value
