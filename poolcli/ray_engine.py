@@ -59,6 +59,7 @@ def run_shards(pipeline, listing, folder, manifest, pending, done_stats, summary
         _check_threads(ray, threads)
         task = ray.remote(_shard_task).options(
             name="poolcli-shard", num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=True,
+            scheduling_strategy="SPREAD",  # shards are independent: use every node from the start
         )
         pipeline_ref = ray.put(pipeline)
         out = str(folder.path) if is_url(folder.path) else os.path.abspath(folder.path)

@@ -229,8 +229,12 @@ class RemotePath:
 
     # --- writing -------------------------------------------------------------------------------
 
+    @property
+    def _object_store(self) -> bool:
+        return bool(_OBJECT_STORES.intersection(_protocols(self.fs)))
+
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        if not _OBJECT_STORES.intersection(_protocols(self.fs)):
+        if not self._object_store:
             with self._errors():
                 self.fs.makedirs(self.key, exist_ok=True)
 
@@ -240,7 +244,11 @@ class RemotePath:
         with self._errors():
             try:
                 self.fs.pipe_file(tmp.key, data)
-                self.fs.mv(tmp.key, self.key)
+                if self._object_store:  # one server-side copy and one delete: no listing, as mv does
+                    self.fs.cp_file(tmp.key, self.key)
+                    self.fs.rm_file(tmp.key)
+                else:
+                    self.fs.mv(tmp.key, self.key)
             except BaseException:
                 try:
                     self.fs.rm_file(tmp.key)
