@@ -165,3 +165,18 @@ def test_a_missing_filesystem_package_says_what_to_install(monkeypatch):
         collect_inputs(["s3://bucket/in"])
     with pytest.raises(PoolcliError, match=r"pip install 'poolcli\[s3\]'"):
         RunFolder("s3://bucket/out")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path, bucket, where):
+    out = as_path(str(tmp_path / "out") if where == "local" else bucket[1].replace("/images", "/out"))
+    pipe = Pipeline.from_config(DESCRIPTOR)
+    run(pipe, [bucket[1] if where == "memory" else str(bucket[0])], str(out), shard_size=2)
+    left = [out / ".manifest.json.1.tmp", out / "stats" / ".part-00000.json.1.tmp", out / "maps" / "a" / ".x.npy.1.tmp"]
+    mine = out / "my-notes" / ".draft.tmp"
+    for path in (*left, mine):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_atomic(b"x") if isinstance(path, RemotePath) else path.write_bytes(b"x"))
+    again = run(pipe, [bucket[1] if where == "memory" else str(bucket[0])], str(out), shard_size=2)
+    assert again.processed == 0
+    assert [p.exists() for p in left] == [False, False, False] and mine.exists()

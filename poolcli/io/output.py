@@ -214,8 +214,11 @@ class RunFolder:
             save_json(self.manifest_path, manifest)
 
     def _remove_temporaries(self) -> None:
-        """Temporary files left by a killed run."""
-        for folder in (self.path, *(self.path / f for f in FOLDERS)):
+        """Temporary files left by a killed run: beside the manifest, and anywhere in poolcli's
+        folders (the user's own folders in OUT are not walked, and each file is listed once)."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for folder in (self.path / f for f in FOLDERS):
             if folder.is_dir():
                 for tmp in folder.rglob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
