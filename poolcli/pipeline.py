@@ -235,13 +235,17 @@ class Pipeline:
         return self._run(x, keep_all=True)
 
     def _run(self, x: np.ndarray, keep_all: bool, scale: float = 1.0) -> dict[str, np.ndarray]:
+        from poolcli.kernels import threads_for
+
         values = {"input": self._standardize(x)}
         if scale != 1:
             values["input"] = _rescale(scale)(values["input"])
         for node in self.nodes:
             if not keep_all and node.name not in self._needed:
                 continue
-            out = node.stage(*(values[n] for n in node.inputs))
+            inputs = [values[n] for n in node.inputs]
+            with threads_for(node.stage.macs(*(a.shape for a in inputs))):  # small stages: one thread
+                out = node.stage(*inputs)
             values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
             if not keep_all:
                 for name in self._last_use.get(node.name, ()):

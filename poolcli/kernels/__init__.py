@@ -9,6 +9,7 @@ everywhere and only a machine's first run compiles (``poolcli warmup`` does it a
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -75,12 +76,29 @@ def _start_numba() -> None:
     if refuse is not None:
         sys.meta_path.insert(0, refuse)
     try:
+        from numba.core import config
         from numba.core.registry import cpu_target
 
+        created = "_toplevel_target_context" in vars(cpu_target)  # a cached_property: reading it creates it
+        if not created and config.CPU_FEATURES is None and config.CPU_NAME is None:
+            config.CPU_FEATURES = _wide_vector_features()  # read once, when the line below creates the codegen
         cpu_target.target_context.refresh()
     finally:
         if refuse is not None:
             sys.meta_path.remove(refuse)
+
+
+def _wide_vector_features() -> str | None:
+    """The host's CPU features, less LLVM's preference for 256-bit vectors, on CPUs with AVX-512
+    (None elsewhere: Numba's default). LLVM prefers 256 bits there because 512-bit instructions
+    can lower the clock of short bursts; poolcli's kernels are long vectorised loops, and its
+    convolutions run 5-20% faster with 512-bit vectors (benchmarks/kernels.py). Only decided
+    when nothing compiled with Numba yet in this process and NUMBA_CPU_NAME and
+    NUMBA_CPU_FEATURES are not set."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    return features.flatten() + ",-prefer-256-bit" if features.get("avx512f") else None
 
 
 _start_numba()
@@ -101,3 +119,27 @@ def set_threads(threads: int | None) -> None:
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise PoolcliError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
     numba.set_num_threads(threads)
+
+
+#: Below this many multiply-adds or comparisons a stage's kernels run on one thread: a parallel
+#: launch costs microseconds on an idle machine but can wait milliseconds for a busy core, far
+#: more than such a stage takes (a 3x3 conv of a 6-channel 16x16 map: 0.05 ms). torch has the same
+#: rule (its GRAIN_SIZE).
+SERIAL_WORK = 1_000_000
+
+
+@contextmanager
+def threads_for(work: int):
+    """Within the block, kernels run on one thread if ``work`` (multiply-adds or comparisons,
+    as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, else on the current number."""
+    import numba
+
+    threads = numba.get_num_threads()
+    if work >= SERIAL_WORK or threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)

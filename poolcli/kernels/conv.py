@@ -12,12 +12,12 @@ dropped rather than special-cased.
 Each parallel task computes a span of ``SPAN`` positions for a block of ``OUT_BLOCK`` output
 channels of one group. It walks the taps ``TAPS`` at a time: the innermost loop runs along the
 span (it vectorises) and updates ``OUT_BLOCK`` accumulator rows with ``TAPS`` taps each, so every
-accumulator load and store serves ``TAPS`` multiply-adds and every input load ``OUT_BLOCK``; the
-last ``taps % TAPS`` taps go one at a time. The weights come packed per (block, chunk of taps)
-by :func:`pack_weights`; a block's missing output channels have zero weights and are not
-written. Consecutive tasks are the blocks of one
-span, so its input stays in cache while every block reads it. Accumulation is in float32, as
-torch's.
+accumulator load and store serves ``TAPS`` multiply-adds and every input load ``OUT_BLOCK``. The
+weights come packed per (block, chunk of taps) by :func:`pack_weights`; a block's missing output
+channels have zero weights and are not written, and the last chunk's missing taps have zero
+weights and read a run of zeros kept after the planes (not a real tap: ``0 * inf`` would be a
+NaN where torch has none). Consecutive tasks are the blocks of one span, so its input stays in
+cache while every block reads it. Accumulation is in float32, as torch's.
 """
 
 import numpy as np
@@ -54,10 +54,11 @@ def _source(i, size, before, mode):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def pad_planes(x, pads, mode, stride, rows, cols):
+def pad_planes(x, pads, mode, stride, rows, cols, zeros):
     """(C, H, W) -> flat float32: for each channel, its ``sh * sw`` polyphase planes of ``rows x
     cols`` of the padded map (zeros past the padded size), then ``cols`` zeros of slack that the
-    dropped columns of the last row may read.
+    dropped columns of the last row may read, then ``zeros`` zeros for the taps that only fill a
+    chunk (:func:`zero_start`).
 
     ``pads`` is (top, bottom, left, right), ``mode`` an index into ``PADDING_MODES``.
     """
@@ -66,7 +67,7 @@ def pad_planes(x, pads, mode, stride, rows, cols):
     sh, sw = stride
     padded_h, padded_w = h + top + bottom, w + left + right
     plane = rows * cols
-    out = np.empty(c * sh * sw * plane + cols, np.float32)
+    out = np.empty(c * sh * sw * plane + cols + zeros, np.float32)
     out[c * sh * sw * plane :] = 0
     for task in prange(c * sh * rows):
         k, py, i = task // (sh * rows), task // rows % sh, task % rows
@@ -99,7 +100,7 @@ def pad_planes(x, pads, mode, stride, rows, cols):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
+def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
     """Valid grouped convolution of :func:`pad_planes` output.
 
     Parameters
@@ -109,9 +110,6 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
     offsets : int64 (groups, chunks * TAPS)
         For each group and tap, the flat index in ``planes`` that output position 0 reads
         (:func:`tap_offsets`).
-    taps : int
-        Taps per output channel, ``C/groups * kh * kw``: the last chunk's missing taps are
-        skipped, not multiplied by zero (``0 * inf`` would make a NaN that torch does not).
     bias : float32 (out_c,)
     out_c, out_h, out_w : int
     cols : int
@@ -121,8 +119,7 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
     -------
     float32 (out_c, out_h, out_w)
     """
-    groups, blocks = packed.shape[0], packed.shape[1]
-    whole, rest = taps // TAPS, taps % TAPS
+    groups, blocks, chunks = packed.shape[0], packed.shape[1], packed.shape[2]
     per_group = out_c // groups
     positions = out_h * cols
     spans = (positions + SPAN - 1) // SPAN
@@ -135,7 +132,7 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
         acc = np.zeros((OUT_BLOCK, ROW), np.float32)
         a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
         a4, a5, a6, a7 = acc[4], acc[5], acc[6], acc[7]
-        for k in range(whole):
+        for k in range(chunks):
             w = packed[g, b, k]
             w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
             w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
@@ -160,20 +157,6 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
                 a5[t] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
                 a6[t] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
                 a7[t] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
-        for r in range(rest):  # the last taps, one at a time
-            w = packed[g, b, whole, :, r]
-            w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
-            s0 = planes[offsets[g, whole * TAPS + r] + p0 :]
-            for t in range(n):
-                v0 = s0[t]
-                a0[t] += w0 * v0
-                a1[t] += w1 * v0
-                a2[t] += w2 * v0
-                a3[t] += w3 * v0
-                a4[t] += w4 * v0
-                a5[t] += w5 * v0
-                a6[t] += w6 * v0
-                a7[t] += w7 * v0
         # Write the block's channels: the grid positions of each output row, less dropped columns.
         for q in range(min(OUT_BLOCK, per_group - b * OUT_BLOCK)):
             o = g * per_group + b * OUT_BLOCK + q
@@ -191,13 +174,13 @@ def conv_planes(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def conv_planes_narrow(planes, packed, offsets, taps, bias, out_c, out_h, out_w, cols):
+def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
     """:func:`conv_planes` for few output channels per group (a blocked task would mostly compute
     zeros): one task per output channel and span, ``NARROW_TAPS`` taps per pass over its
     accumulator row. Same arguments, but ``packed`` is (groups, per_group, chunks * NARROW_TAPS)
     from :func:`pack_narrow` and ``offsets`` has ``NARROW_TAPS``-long chunks."""
     groups, per_group = packed.shape[0], packed.shape[1]
-    whole, rest = taps // NARROW_TAPS, taps % NARROW_TAPS
+    chunks = packed.shape[2] // NARROW_TAPS
     positions = out_h * cols
     spans = (positions + SPAN - 1) // SPAN
     out = np.empty((out_c, out_h, out_w), np.float32)
@@ -208,7 +191,7 @@ def conv_planes_narrow(planes, packed, offsets, taps, bias, out_c, out_h, out_w,
         n = min(SPAN, positions - p0)
         acc = np.zeros(ROW, np.float32)
         weights, tap = packed[g, q], offsets[g]
-        for k in range(whole):
+        for k in range(chunks):
             j = k * NARROW_TAPS
             w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
             w4, w5, w6, w7 = weights[j + 4], weights[j + 5], weights[j + 6], weights[j + 7]
@@ -219,11 +202,6 @@ def conv_planes_narrow(planes, packed, offsets, taps, bias, out_c, out_h, out_w,
             for t in range(n):
                 acc[t] += (w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t]
                            + w4 * s4[t] + w5 * s5[t] + w6 * s6[t] + w7 * s7[t])
-        for r in range(whole * NARROW_TAPS, whole * NARROW_TAPS + rest):
-            w0 = weights[r]
-            s0 = planes[tap[r] + p0 :]
-            for t in range(n):
-                acc[t] += w0 * s0[t]
         o = g * per_group + q
         row_bias = bias[o]
         oy = p0 // cols
@@ -266,17 +244,24 @@ def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
 
 def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: int) -> np.ndarray:
     """int64 (groups, chunks * TAPS or NARROW_TAPS): the flat index in :func:`pad_planes` output
-    that output position 0 reads for each tap of each group (the last chunk's missing taps repeat
-    the first; the kernels never read them)."""
+    that output position 0 reads for each tap of each group; the last chunk's missing taps read
+    the zeros at :func:`zero_start`."""
     _, per_channel, kh, kw = weight_shape
     (sh, sw), (dh, dw) = stride, dilation
     c, ky, kx = (a.ravel() for a in np.meshgrid(np.arange(per_channel), np.arange(kh), np.arange(kw), indexing="ij"))
     y, x = ky * dh, kx * dw
     offset = ((c * sh + y % sh) * sw + x % sw) * (rows * cols) + (y // sh) * cols + x // sw
-    chunk = NARROW_TAPS if narrow(weight_shape, groups) else TAPS
-    offset = np.concatenate([offset, np.full(-(-offset.size // chunk) * chunk - offset.size, offset[0])])
     group_start = np.arange(groups) * (per_channel * sh * sw * rows * cols)
-    return np.ascontiguousarray(group_start[:, None] + offset[None, :], dtype=np.int64)
+    offsets = group_start[:, None] + offset[None, :]
+    chunk = NARROW_TAPS if narrow(weight_shape, groups) else TAPS
+    missing = -(-offset.size // chunk) * chunk - offset.size
+    zeros = np.full((groups, missing), zero_start(groups * per_channel, stride, rows, cols))
+    return np.ascontiguousarray(np.concatenate([offsets, zeros], axis=1), dtype=np.int64)
+
+
+def zero_start(channels: int, stride, rows: int, cols: int) -> int:
+    """Where the zeros that padding taps read begin in :func:`pad_planes` output."""
+    return channels * stride[0] * stride[1] * rows * cols + cols
 
 
 def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw, offsets=None):
@@ -286,12 +271,12 @@ def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, 
     for this map's size (computed when None). Returns float32 (O, H', W')."""
     (top, bottom, left, right), (sh, sw) = pads, stride
     rows, cols = plane_size(x.shape, pads, stride)
-    planes = pad_planes(x, (top, bottom, left, right), PADDING_MODES.index(mode), (sh, sw), rows, cols)
+    positions = out_hw[0] * cols  # the zeros a padding tap reads: one per output position
+    planes = pad_planes(x, (top, bottom, left, right), PADDING_MODES.index(mode), (sh, sw), rows, cols, positions)
     if offsets is None:
         offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols)
-    taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
     kernel = conv_planes_narrow if narrow(weight_shape, groups) else conv_planes
-    return kernel(planes, packed, offsets, taps, bias, weight_shape[0], out_hw[0], out_hw[1], cols)
+    return kernel(planes, packed, offsets, bias, weight_shape[0], out_hw[0], out_hw[1], cols)
 
 
 def plane_size(shape, pads, stride) -> tuple[int, int]:
