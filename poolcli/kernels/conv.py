@@ -28,6 +28,7 @@ from poolcli.kernels import FASTMATH
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
 NARROW_TAPS = 8  # taps per pass of the kernel for few output channels per group
+PLANE_ROWS = 16  # rows of a polyphase plane per task of pad_planes
 SPAN = 512  # output positions per task: OUT_BLOCK rows of them stay in L1 cache
 ROW = SPAN + 16  # accumulator row length: rows 2 KiB apart would alias in the L1 cache
 
@@ -69,31 +70,43 @@ def pad_planes(x, pads, mode, stride, rows, cols, zeros):
     plane = rows * cols
     out = np.empty(c * sh * sw * plane + cols + zeros, np.float32)
     out[c * sh * sw * plane :] = 0
-    for task in prange(c * sh * rows):
-        k, py, i = task // (sh * rows), task // rows % sh, task % rows
-        y = i * sh + py
-        r = _source(y, h, top, mode) if y < padded_h else -1
-        for px in range(sw):
-            start = ((k * sh + py) * sw + px) * plane + i * cols
-            dst = out[start : start + cols]
-            if r < 0:
-                dst[:] = 0
-                continue
-            row = x[k, r]
-            # Columns j whose padded column j * sw + px lies inside the map: [lo, hi).
-            lo = min(cols, max(0, (left - px + sw - 1) // sw))
-            hi = max(lo, min(cols, (left + w - px + sw - 1) // sw))
-            first = lo * sw + px - left
-            for j in range(hi - lo):
-                dst[lo + j] = row[first + j * sw]
-            for j in range(lo):
-                s = _source(j * sw + px, w, left, mode)
-                dst[j] = row[s] if s >= 0 else 0
-            for j in range(hi, cols):
-                col = j * sw + px
-                s = _source(col, w, left, mode) if col < padded_w else -1
-                dst[j] = row[s] if s >= 0 else 0
+    blocks = (rows + PLANE_ROWS - 1) // PLANE_ROWS
+    for task in prange(c * sh * blocks):
+        k, py, first_row = task // (sh * blocks), task // blocks % sh, task % blocks * PLANE_ROWS
+        for i in range(first_row, min(rows, first_row + PLANE_ROWS)):
+            y = i * sh + py
+            r = _source(y, h, top, mode) if y < padded_h else -1
+            for px in range(sw):
+                start = ((k * sh + py) * sw + px) * plane + i * cols
+                _pad_row(out[start : start + cols], x[k, r] if r >= 0 else x[k, 0], r >= 0, px, sw, left, w,
+                         padded_w, mode)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _pad_row(dst, row, inside, px, sw, left, w, padded_w, mode):
+    """One row of a polyphase plane: padded columns ``j * sw + px`` of ``row`` (zeros for a row
+    outside the map: ``inside`` False)."""
+    cols = dst.size
+    if not inside:
+        dst[:] = 0
+        return
+    # Columns j whose padded column j * sw + px lies inside the map: [lo, hi).
+    lo = min(cols, max(0, (left - px + sw - 1) // sw))
+    hi = max(lo, min(cols, (left + w - px + sw - 1) // sw))
+    first = lo * sw + px - left
+    if sw == 1:  # a plain copy, which vectorises
+        dst[lo:hi] = row[first : first + hi - lo]
+    else:
+        for j in range(hi - lo):
+            dst[lo + j] = row[first + j * sw]
+    for j in range(lo):
+        s = _source(j * sw + px, w, left, mode)
+        dst[j] = row[s] if s >= 0 else 0
+    for j in range(hi, cols):
+        col = j * sw + px
+        s = _source(col, w, left, mode) if col < padded_w else -1
+        dst[j] = row[s] if s >= 0 else 0
 
 
 # --- the convolution ----------------------------------------------------------------------------

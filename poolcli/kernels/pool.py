@@ -197,6 +197,12 @@ def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_over
         row_counts = _window_counts(h, oh, kernel[0], stride[0], padding[0], count_include_pad)
         col_counts = _window_counts(w, ow, kernel[1], stride[1], padding[1], count_include_pad)
         divisors = np.outer(row_counts, col_counts).astype(np.float32)  # float32 rows divide fast
+    # Dividing by a power of two is multiplying by its exact reciprocal: same result, and a
+    # division costs many multiplications (2x2 windows: divisor 4 everywhere inside the map).
+    powers_of_two = True
+    for d in divisors.ravel():
+        powers_of_two &= (int(d) & (int(d) - 1)) == 0
+    reciprocals = (1 / divisors).astype(np.float32)
     out = np.empty((c, oh, ow), np.float32)
     size = _buffer_size(w, ow, kernel[1], stride[1], padding[1], 1)
     blocks = (oh + ROWS - 1) // ROWS
@@ -206,9 +212,14 @@ def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_over
         for i in range(first, min(oh, first + ROWS)):
             sums = out[k, i]
             _separable_sum_row(x[k], i, kernel, stride, padding, 0, 0.0, buffer, sums)
-            divisor = divisors[i]
-            for j in range(ow):
-                sums[j] /= divisor[j]
+            if powers_of_two:
+                reciprocal = reciprocals[i]
+                for j in range(ow):
+                    sums[j] *= reciprocal[j]
+            else:
+                divisor = divisors[i]
+                for j in range(ow):
+                    sums[j] /= divisor[j]
     return out
 
 
