@@ -26,8 +26,6 @@ import os
 import tempfile
 from collections import deque
 
-import numpy as np
-
 from poolcli.errors import OutputError, PoolcliError
 from poolcli.io.storage import is_url
 
@@ -206,10 +204,11 @@ def _warm_once(pipeline, key: str) -> None:
     shape = _warm_shape(pipeline)
     if shape is None:  # no small input fits this pipeline: the first image compiles instead
         return
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    from poolcli.warmup import warmup
+
     with _node_lock(f"poolcli-warm-{key[:16]}.lock"):
         try:
-            pipeline(x)
+            warmup(pipeline, shape)  # what `poolcli warmup CONFIG` does
         except (PoolcliError, ArithmeticError, ValueError, RuntimeError, IndexError):
             pass  # best effort: whatever did not compile here compiles on the first image
 
