@@ -250,6 +250,27 @@ def test_ray_engine_refusals(tmp_path, images, ray_instance, monkeypatch):
         run(pipe, [str(images)], tmp_path / "out", engine="ray")
 
 
+def test_a_task_failing_on_every_try_stops_the_run_with_its_reason(tmp_path, ray_instance):
+    """As on a node that does not mount the inputs: the task raises on each of its tries, and
+    the run stops with the task's own one-line reason."""
+    from poolcli.io.inputs import InputList
+    from poolcli.io.output import RunFolder
+    from poolcli.ray_engine import run_shards
+    from poolcli.runner import RunSummary, _config_text, _manifest
+
+    pipe = Pipeline.from_config(DESCRIPTOR)
+    missing = tmp_path / "not-mounted"
+    listing = InputList((str(missing / "a.png"),), str(missing), 0)
+    folder = RunFolder(tmp_path / "out")
+    manifest = _manifest(pipe, listing, 1)
+    folder.open(manifest, _config_text(pipe), overwrite=False)
+    summary = RunSummary(str(folder.path), pipe.kind, 1, shards=1)
+    with pytest.raises(PoolcliError, match=r"the input folder .*not-mounted does not exist on Ray node [0-9a-f]{56}: "):
+        run_shards(pipe, listing, folder, manifest, [0], {}, summary, address=None, threads=None, workers=None,
+                   max_pixels=10**8, progress=None)
+    assert not (tmp_path / "out" / "stats" / "part-00000.json").exists()
+
+
 def test_two_node_cluster_on_loopback(tmp_path, images, config_file):
     """``ray start --head`` and ``ray start --address`` in a network namespace of their own;
     the job's shards run on both nodes and write what the local engine writes."""
