@@ -315,12 +315,11 @@ def test_sigint_stops_cleanly_and_the_run_resumes(tmp_path):
     assert process.poll() is None, "the run ended before it could be interrupted"
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)  # a hang fails here; speed is measured, not asserted
     latency = time.monotonic() - sent
     print(f"SIGINT to exit: {latency:.3f} s")
     assert process.returncode == 130
     assert stderr.strip().splitlines() == ["error: interrupted; run the same command again to resume"]
-    assert latency < 10  # generous: the machine is shared; docs/reliability.md gives measured numbers
     complete = len(list((out / "stats").glob("*.json")))
     assert 1 <= complete < 17
     no_temporaries(out)
