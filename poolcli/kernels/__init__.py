@@ -122,10 +122,11 @@ def set_threads(threads: int | None) -> None:
 
 
 #: Below this many multiply-adds or comparisons a stage's kernels run on one thread: a parallel
-#: launch costs microseconds on an idle machine but can wait milliseconds for a busy core, far
-#: more than such a stage takes (a 3x3 conv of a 6-channel 16x16 map: 0.05 ms). torch has the same
-#: rule (its GRAIN_SIZE).
-SERIAL_WORK = 1_000_000
+#: launch costs microseconds on an idle machine but waits milliseconds whenever another process
+#: holds a core, far more than such a stage takes (GeM of 512x32x32, SPP 1,2,4 of 256x64x64:
+#: 0.2 and 0.8 ms on one thread; 4-13 ms on two on this project's shared machine, torch alike).
+#: torch has the same kind of rule (its GRAIN_SIZE).
+SERIAL_WORK = 4_000_000
 
 
 @contextmanager
