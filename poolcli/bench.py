@@ -61,10 +61,10 @@ def bench(pipeline: Pipeline, shape: tuple[int, int, int] | None = None, image: 
     """Time ``pipeline`` on a random map of ``shape`` (C, H, W), or on ``image`` decoded as a run
     decodes it; one of the two is required. ``threads``: kernel threads (default: every core).
     Raises :class:`ShapeError` if the input does not fit."""
-    import numba
-
     from poolcli.io.images import decode
-    from poolcli.kernels import set_threads
+    from poolcli.kernels import set_threads  # before numba: it sets Numba's cache folder and vector width
+
+    import numba
 
     set_threads(threads)
     load = None

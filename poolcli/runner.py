@@ -268,6 +268,7 @@ def usable_cores() -> int:
 def kernels_threadsafe() -> bool:
     """Whether kernels may run on several threads at once: Numba's threading layer is OpenMP or
     TBB (its workqueue fallback aborts when two threads launch parallel kernels together)."""
+    import poolcli.kernels  # noqa: F401  (before numba: it sets Numba's cache folder and vector width)
     import numba
 
     try:

@@ -31,9 +31,9 @@ class WarmupResult:
 
 def _dispatchers() -> list:
     """Every jitted function of poolcli.kernels (importing a kernel module compiles nothing)."""
-    from numba.core.dispatcher import Dispatcher
+    import poolcli.kernels  # before numba: it sets Numba's cache folder and vector width
 
-    import poolcli.kernels
+    from numba.core.dispatcher import Dispatcher
 
     found = []
     for module in pkgutil.iter_modules(poolcli.kernels.__path__):
