@@ -218,7 +218,7 @@ def main(argv=None) -> int:
             wall = statistics.median(r["wall"] for r in runs)
             rows.append([f"{config.name}: {name}", f"{runs[0]['images'] / seconds:.1f}", f"{seconds:.2f}",
                          f"{wall:.2f}", f"{base / seconds:.2f}x"])
-        rows.append([f"{config.name}: largest |poolcli - torch|", f"{difference:.1e}", "", "", ""])
+        rows.append([f"{config.name}: largest difference from torch", f"{difference:.1e}", "", "", ""])
         shutil.rmtree(work, ignore_errors=True)
     print(table(["run", "images/s", "seconds", "process wall s", "vs torch"], rows, args.markdown))
     return 0
