@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import naive
+from maps import FLOOR_WINDOWS as EDGES
 from maps import sample
 from poolcli import ConfigError, Pipeline, ShapeError
 from poolcli.stages import STAGES
@@ -26,17 +27,6 @@ def test_worked_example():
 
 
 # --- both modes against the naive reference ---------------------------------------------------------
-
-EDGES = [  # (shape, kernel_size, stride)
-    ((1, 1, 1), 1, None),
-    ((2, 1, 1), 1, 3),
-    ((2, 5, 7), [5, 7], None),  # kernel = map
-    ((2, 7, 9), 2, None),  # floor mode drops the last row and column
-    ((3, 9, 11), 3, 1),  # overlapping windows
-    ((2, 13, 6), [3, 2], [2, 3]),
-    ((1, 17, 5), [1, 3], [4, 1]),
-]
-
 
 @pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("shape, kernel_size, stride", EDGES)
