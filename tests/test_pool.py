@@ -145,7 +145,11 @@ def test_adaptive_pools_match_naive(shape, output_size, specials, rng):
 
 
 @pytest.mark.parametrize("pool", ["max", "avg"])
-@pytest.mark.parametrize("shape, levels", [((1, 1, 1), [1, 2]), ((3, 7, 5), [1, 2, 4]), ((2, 9, 12), [3, 1, 6])])
+@pytest.mark.parametrize("shape, levels", [
+    ((1, 1, 1), [1, 2]), ((3, 7, 5), [1, 2, 4]), ((2, 9, 12), [3, 1, 6]),
+    # coarse bin rows made of the finest level's (overlapping ones: max only), or only some of them
+    ((2, 16, 24), [1, 2, 4, 8]), ((3, 12, 10), [4, 2, 1]), ((2, 7, 9), [2, 4]), ((2, 6, 6), [4, 3]),
+])
 def test_spp_matches_naive(shape, levels, pool, rng):
     x = sample(rng, shape, specials=pool == "max")
     out = stage("spp", levels=levels, pool=pool)(x)

@@ -303,15 +303,20 @@ def adaptive_max_pool(x, row_bins, col_bins):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def pyramid_pool(x, row_bins, col_bins, sizes, take_max):
+def pyramid_pool(x, row_bins, col_bins, sizes, take_max, row_sources, base):
     """(C, H, W) -> (C * sum(n ** 2),): spatial pyramid pooling, every level in one pass over the
     map. Level ``l`` is adaptive max (``take_max``) or average pooling to ``n x n``, ``n =
     sizes[l]``, flattened channel-major after the levels before it; its bins are the next ``n``
     rows of ``row_bins`` and ``col_bins`` (int64 ``[start, end)``, torch's bins).
 
-    One task per channel: its plane is read from memory once and stays in cache for every
-    level. Each bin row first reduces its rows column by column, then each bin its columns, as
-    in :func:`adaptive_max_pool` and :func:`adaptive_avg_pool` (sums in float64, NaN propagating).
+    One task per channel. Each bin row first reduces its rows column by column, then each bin
+    its columns, as in :func:`adaptive_max_pool` and :func:`adaptive_avg_pool` (sums in float64,
+    NaN propagating). The map's rows are read once: level ``base`` (the finest) reduces them,
+    and a bin row of any level whose ``row_sources`` entry is ``[p, q)`` (not -1) combines the
+    base level's bin rows ``p`` to ``q - 1``, which cover exactly its rows (for sums, without
+    overlap: :func:`poolcli.stages.pool.pyramid_row_sources`). Only the other bin rows read the
+    map again. (The loops are written out: a helper for "reduce one row into another" is not
+    inlined well enough to keep up with them on maps a few dozen columns wide.)
     """
     c, h, w = x.shape
     starts = np.zeros(sizes.size + 1, np.int64)  # where each level's bins and outputs begin
@@ -320,36 +325,63 @@ def pyramid_pool(x, row_bins, col_bins, sizes, take_max):
         starts[level + 1] = starts[level] + sizes[level]
         offsets[level + 1] = offsets[level] + c * sizes[level] * sizes[level]
     out = np.empty(offsets[-1], np.float32)
+    fine = sizes[base]
+    all_rows = row_bins.shape[0]
     for k in prange(c):
         plane = x[k]
-        column_max = np.empty(w, np.float32)
-        column_sums = np.empty(w, np.float64)
-        for level in range(sizes.size):
-            n = sizes[level]
-            rows, cols = row_bins[starts[level] :], col_bins[starts[level] :]
-            block = out[offsets[level] + k * n * n :]
-            for i in range(n):
-                top, bottom = rows[i, 0], rows[i, 1]
-                if take_max:
-                    column_max[:] = -np.inf
+        # reduced[b] is bin row b's column reduction: b < fine for the base level, and
+        # fine + the bin row's place in row_bins for one that has to read the map itself
+        reduced_max = np.empty((fine + all_rows if take_max else 0, w), np.float32)
+        reduced_sums = np.empty((0 if take_max else fine + all_rows, w), np.float64)
+        for b in range(fine + all_rows):
+            if b < fine:
+                top, bottom = row_bins[starts[base] + b, 0], row_bins[starts[base] + b, 1]
+                first, last = -1, -1
+            else:
+                top, bottom = row_bins[b - fine, 0], row_bins[b - fine, 1]
+                first, last = row_sources[b - fine, 0], row_sources[b - fine, 1]
+            if take_max:
+                acc = reduced_max[b]
+                acc[:] = -np.inf
+                if first >= 0:
+                    for t in range(first, last):
+                        row = reduced_max[t]
+                        for s in range(w):
+                            v = row[s]
+                            acc[s] = v if (v > acc[s]) | np.isnan(v) else acc[s]
+                else:
                     for r in range(top, bottom):
                         row = plane[r]
                         for s in range(w):
                             v = row[s]
-                            column_max[s] = v if (v > column_max[s]) | np.isnan(v) else column_max[s]
-                    for j in range(n):
-                        best = np.float32(-np.inf)
-                        for v in column_max[cols[j, 0] : cols[j, 1]]:
-                            if v > best or np.isnan(v):
-                                best = v
-                        block[i * n + j] = best
+                            acc[s] = v if (v > acc[s]) | np.isnan(v) else acc[s]
+            else:
+                acc64 = reduced_sums[b]
+                acc64[:] = 0
+                if first >= 0:
+                    for t in range(first, last):
+                        row64 = reduced_sums[t]
+                        for s in range(w):
+                            acc64[s] += row64[s]
                 else:
-                    column_sums[:] = 0
                     for r in range(top, bottom):
                         row = plane[r]
                         for s in range(w):
-                            column_sums[s] += row[s]
-                    for j in range(n):
-                        left, right = cols[j, 0], cols[j, 1]
-                        block[i * n + j] = column_sums[left:right].sum() / ((bottom - top) * (right - left))
+                            acc64[s] += row[s]
+        for level in range(sizes.size):
+            n = sizes[level]
+            block = out[offsets[level] + k * n * n :]
+            for i in range(n):
+                b = fine + starts[level] + i
+                top, bottom = row_bins[b - fine, 0], row_bins[b - fine, 1]
+                for j in range(n):
+                    left, right = col_bins[starts[level] + j, 0], col_bins[starts[level] + j, 1]
+                    if take_max:
+                        best = np.float32(-np.inf)
+                        for v in reduced_max[b, left:right]:
+                            if v > best or np.isnan(v):
+                                best = v
+                        block[i * n + j] = best
+                    else:
+                        block[i * n + j] = reduced_sums[b, left:right].sum() / ((bottom - top) * (right - left))
     return out

@@ -8,6 +8,7 @@ when a stage runs.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -71,7 +72,7 @@ class CenterPool(Stage):
     def macs(self, shape):
         if self.mode == "window":
             return 0  # a copy
-        return 3 * int(np.prod(self.expect_map(shape)))  # row maxima, column maxima, one add
+        return 3 * math.prod(self.expect_map(shape))  # row maxima, column maxima, one add
 
     def receptive_field(self, rf, shape):
         if self.mode == "cross":
@@ -129,7 +130,7 @@ class CornerPool(Stage):
         return tuple(self.expect_map(shape))
 
     def macs(self, shape):
-        size = int(np.prod(self.expect_map(shape)))
+        size = math.prod(self.expect_map(shape))
         # two scans and an add; cascaded: four scans, three adds
         return (7 if self.cascade else 3) * size
 

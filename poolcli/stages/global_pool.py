@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import Field
 
@@ -17,7 +19,7 @@ class GlobalStage(Stage):
         return (self.expect_map(shape)[0],)
 
     def macs(self, shape):
-        return int(np.prod(shape))
+        return math.prod(shape)
 
     def receptive_field(self, rf, shape):
         return GLOBAL
@@ -75,7 +77,7 @@ class GeMPool(GlobalStage):
     eps: float = Field(1e-6, gt=0, description="values are clamped to at least eps before the power")
 
     def macs(self, shape):
-        return 2 * int(np.prod(shape))
+        return 2 * math.prod(shape)
 
     def __call__(self, x):
         from poolcli.kernels.global_pool import gem
@@ -97,7 +99,7 @@ class Flatten(Stage):
     makes_vector = True
 
     def output_shape(self, shape):
-        return (int(np.prod(self.expect_map(shape))),)
+        return (math.prod(self.expect_map(shape)),)
 
     def macs(self, shape):
         return 0

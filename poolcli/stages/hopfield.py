@@ -48,7 +48,7 @@ class HopfieldPool(Stage):
         return (self.expect_map(shape)[0],)
 
     def macs(self, shape):
-        size = int(np.prod(self.expect_map(shape)))
+        size = math.prod(self.expect_map(shape))
         return size + 2 * self.steps * size  # the query, then a score and a weighted sum per element and step
 
     def receptive_field(self, rf, shape):

@@ -8,6 +8,8 @@ only when a stage runs.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -61,7 +63,7 @@ class WindowPool(Stage):
 
     def macs(self, shape):
         kh, kw = self.kernel_size
-        return int(np.prod(self.output_shape(shape))) * kh * kw
+        return math.prod(self.output_shape(shape)) * kh * kw
 
     def receptive_field(self, rf, shape):
         return rf.through(self.window.effective, self.window.stride)
@@ -162,7 +164,7 @@ class LpPool(WindowPool):
     p: float = Field(2.0, gt=0, allow_inf_nan=False, description="the norm's power; 1 = sum of |x|, large = max of |x|")
 
     def macs(self, shape):
-        return super().macs(shape) + int(np.prod(shape))  # plus one power per input element
+        return super().macs(shape) + math.prod(shape)  # plus one power per input element
 
     def __call__(self, x):
         from poolcli.kernels.pool import lp_pool
@@ -212,6 +214,7 @@ def _bins(size: int, bins: int) -> np.ndarray:
     return np.array(adaptive_bins(size, bins), np.int64).reshape(bins, 2)
 
 
+@functools.lru_cache(maxsize=256)
 def _bin_taps(size: int, bins: int) -> int:
     """The taps of all bins along one axis (bins overlap where ``size`` is not a multiple)."""
     return sum(end - start for start, end in adaptive_bins(size, bins))
@@ -341,6 +344,42 @@ class SpatialPyramidPool(Stage):
         from poolcli.kernels.pool import pyramid_pool
 
         x = _contiguous(x)
-        rows = np.concatenate([_bins(x.shape[1], n) for n in self.levels])
-        cols = np.concatenate([_bins(x.shape[2], n) for n in self.levels])
-        return pyramid_pool(x, rows, cols, np.array(self.levels, np.int64), self.pool == "max")
+        return pyramid_pool(x, *_pyramid_plan(x.shape[1], x.shape[2], self.levels, self.pool == "max"))
+
+
+@functools.lru_cache(maxsize=64)
+def _pyramid_plan(height: int, width: int, levels: tuple[int, ...], take_max: bool) -> tuple:
+    """The arguments of :func:`poolcli.kernels.pool.pyramid_pool` after the map, for one map
+    size (a run's maps share few sizes; working them out costs as much as pooling a small
+    map). The kernel only reads these arrays."""
+    rows = np.concatenate([_bins(height, n) for n in levels])
+    cols = np.concatenate([_bins(width, n) for n in levels])
+    base = levels.index(max(levels))
+    sources = pyramid_row_sources(height, levels, base, overlap=take_max)
+    return rows, cols, np.array(levels, np.int64), take_max, sources, base
+
+
+def pyramid_row_sources(height: int, levels: tuple[int, ...], base: int, overlap: bool) -> np.ndarray:
+    """For each bin row of each level (concatenated in level order), the bin rows ``[p, q)`` of
+    level ``base`` that together cover exactly its input rows, or ``[-1, -1]`` where none do:
+    what lets :func:`poolcli.kernels.pool.pyramid_pool` read the map's rows once. Maxima may
+    combine overlapping bins (``overlap``); sums may not, so there the base bins must also
+    partition the rows.
+
+    >>> pyramid_row_sources(8, (1, 2, 4), base=2, overlap=False).tolist()
+    [[0, 4], [0, 2], [2, 4], [0, 1], [1, 2], [2, 3], [3, 4]]
+    >>> pyramid_row_sources(6, (4, 3), base=0, overlap=False).tolist()  # no 4-bin edge at row 2
+    [[0, 1], [1, 2], [2, 3], [3, 4], [0, 1], [-1, -1], [3, 4]]
+    """
+    fine = adaptive_bins(height, levels[base])
+    first = {start: p for p, (start, _) in reversed(list(enumerate(fine)))}
+    last = {end: p for p, (_, end) in enumerate(fine)}
+    sources = []
+    for n in levels:
+        for top, bottom in adaptive_bins(height, n):
+            p, q = first.get(top), last.get(bottom)
+            ok = p is not None and q is not None and p <= q
+            if ok and not overlap:
+                ok = all(fine[t][1] == fine[t + 1][0] for t in range(p, q))
+            sources.append([p, q + 1] if ok else [-1, -1])
+    return np.array(sources, np.int64).reshape(-1, 2)

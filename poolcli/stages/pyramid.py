@@ -5,6 +5,7 @@ pooled to one grid and fused element-wise. The pooling is the adaptive pooling s
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -55,7 +56,7 @@ class PyramidFuse(Stage):
         return pooled.pop()
 
     def macs(self, *shapes):
-        fused = int(np.prod(self.output_shape(*shapes)))
+        fused = math.prod(self.output_shape(*shapes))
         extra = fused if self.fuse == "mean" else 0  # the division
         return sum(self.pooler.macs(shape) for shape in shapes) + (len(shapes) - 1) * fused + extra
 

@@ -105,7 +105,7 @@ class Upsample(Stage):
     def macs(self, shape):
         if self.mode == "nearest":
             return 0  # a copy
-        return 6 * int(np.prod(self.output_shape(shape)))  # two 2-tap rows, then one 2-tap column
+        return 6 * math.prod(self.output_shape(shape))  # two 2-tap rows, then one 2-tap column
 
     def receptive_field(self, rf, shape):
         # Each output reads 1 (nearest) or 2 (bilinear) neighbours per axis; neighbouring

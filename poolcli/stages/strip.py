@@ -5,6 +5,7 @@ value, broadcast back over the map and added, or used to gate the input. The ker
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -38,7 +39,7 @@ class StripPool(Stage):
         return tuple(self.expect_map(shape))
 
     def macs(self, shape):
-        size = int(np.prod(self.expect_map(shape)))
+        size = math.prod(self.expect_map(shape))
         # row and column reductions, the add; gating adds a sigmoid and a product
         return (5 if self.fuse == "gate" else 3) * size
 
