@@ -8,6 +8,7 @@ each intermediate map is dropped as soon as its last consumer has run.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class Pipeline:
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
         self._fits: set[tuple[int, ...]] = set()  # input shapes already traced without error
+        self._work: dict[tuple, int] = {}  # (stage, input shapes) -> its multiply-adds
         if config.multiscale and self.kind != "descriptors":
             raise ConfigError(
                 "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",
@@ -105,7 +107,7 @@ class Pipeline:
         """Names of the stages the last one depends on: a call computes only these."""
         return frozenset(self._needed)
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         """``descriptors`` when the last stage gives a vector, else ``maps`` (independent of size)."""
         ranks = {"input": 3}
@@ -114,7 +116,7 @@ class Pipeline:
             ranks[node.name] = rank
         return "descriptors" if ranks[self.final.name] == 1 else "maps"
 
-    @property
+    @functools.cached_property
     def normalize(self) -> str:
         return self.config.output.normalize or ("l2" if self.kind == "descriptors" else "none")
 
@@ -235,7 +237,7 @@ class Pipeline:
         return self._run(x, keep_all=True)
 
     def _run(self, x: np.ndarray, keep_all: bool, scale: float = 1.0) -> dict[str, np.ndarray]:
-        from poolcli.kernels import threads_for
+        from poolcli.kernels import SERIAL_WORK, threads_for
 
         values = {"input": self._standardize(x)}
         if scale != 1:
@@ -244,7 +246,16 @@ class Pipeline:
             if not keep_all and node.name not in self._needed:
                 continue
             inputs = [values[n] for n in node.inputs]
-            with threads_for(node.stage.macs(*(a.shape for a in inputs))):  # small stages: one thread
+            key = (node.name, *(a.shape for a in inputs))
+            work = self._work.get(key)
+            if work is None:  # once per stage and map size: a cost is cheap, not free
+                work = node.stage.macs(*key[1:])
+                if len(self._work) < 4096:
+                    self._work[key] = work
+            if work < SERIAL_WORK:  # small stages: one thread
+                with threads_for(work):
+                    out = node.stage(*inputs)
+            else:
                 out = node.stage(*inputs)
             values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
             if not keep_all:
