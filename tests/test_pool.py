@@ -58,6 +58,10 @@ MAX_EDGES = [  # (shape, params)
     ((1, 1, 3), dict(kernel_size=2, stride=1, padding=1, dilation=2)),  # windows with no tap inside: -inf
     ((1, 3, 3), dict(kernel_size=3, stride=1, padding=2, dilation=2)),  # padding torch refuses (see test below)
     ((3, 13, 5), dict(kernel_size=[4, 1], stride=[1, 2])),
+    # column stride 2 over 2 or 3 columns has its own loops
+    ((2, 8, 10), dict(kernel_size=2)),
+    ((2, 9, 11), dict(kernel_size=[3, 2], stride=2, ceil_mode=True)),
+    ((1, 5, 9), dict(kernel_size=[1, 3], stride=[1, 2], padding=[0, 1])),
 ]
 
 
@@ -93,6 +97,10 @@ AVG_EDGES = [
     ((1, 6, 7), dict(kernel_size=[2, 3], stride=[3, 2], ceil_mode=True)),
     ((2, 7, 9), dict(kernel_size=3, padding=1, ceil_mode=True, divisor_override=2)),
     ((3, 13, 5), dict(kernel_size=[4, 1], stride=[1, 2])),
+    # column stride 2 over 2 or 3 columns has its own loops
+    ((2, 8, 10), dict(kernel_size=2)),
+    ((2, 9, 11), dict(kernel_size=[3, 2], stride=2, ceil_mode=True)),
+    ((1, 5, 9), dict(kernel_size=[1, 3], stride=[1, 2], padding=[0, 1])),
 ]
 
 

@@ -98,6 +98,15 @@ def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_
             v = row[s]
             columns[s] = v if (v > columns[s]) | np.isnan(v) else columns[s]
     step = stride[1]
+    if step == 2 and dilation[1] == 1 and 2 <= kernel[1] <= 3:  # as in _separable_sum_row
+        for j in range(out_row.size):
+            best, v = buffer[2 * j], buffer[2 * j + 1]
+            out_row[j] = v if (v > best) | np.isnan(v) else best
+        if kernel[1] == 3:
+            for j in range(out_row.size):
+                best, v = out_row[j], buffer[2 * j + 2]
+                out_row[j] = v if (v > best) | np.isnan(v) else best
+        return
     for j in range(out_row.size):
         out_row[j] = buffer[j * step]
     for kj in range(1, kernel[1]):
@@ -157,6 +166,14 @@ def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums)
             for s in range(w):
                 columns[s] += np.float64(abs(row[s])) ** p
     step, n = stride[1], sums.size
+    if step == 2 and 2 <= kernel[1] <= 3:  # 2x2/2 and 3x3/2: literal strides vectorise, a variable one does not
+        if kernel[1] == 2:
+            for j in range(n):
+                sums[j] = buffer[2 * j] + buffer[2 * j + 1]
+        else:
+            for j in range(n):
+                sums[j] = buffer[2 * j] + buffer[2 * j + 1] + buffer[2 * j + 2]
+        return
     for kj in range(kernel[1]):
         taps = buffer[kj:]
         if kj == 0:
