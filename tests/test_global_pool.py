@@ -53,6 +53,14 @@ def test_gem_eps_clamps_negative_and_zero_values():
     np.testing.assert_allclose(stage("gem", p=3.0, eps=1e-6)(x), [1e-6], rtol=1e-5)
 
 
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_gem_powers_beyond_float32_range_are_summed_in_float64(p):
+    # cubes of 1e13 overflow float32 and cubes of 1e-14 underflow it; float64 holds both
+    x = np.array([[[1e13, 3e13], [-1.0, 2e13]], [[1e-14, 2e-14], [-5.0, 3e-14]]], np.float32)
+    for eps in (1e-6, 1e-15):
+        np.testing.assert_allclose(stage("gem", p=p, eps=eps)(x), naive.gem(x, p, eps), rtol=1e-6)
+
+
 def test_gem_spans_average_to_max(rng):
     x = np.abs(sample(rng, (4, 9, 11))) + 0.1
     np.testing.assert_allclose(stage("gem", p=1.0)(x), stage("global_avg_pool")(x), rtol=1e-6)
