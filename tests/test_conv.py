@@ -64,6 +64,7 @@ WEIGHT_CASES = [
     ((6, 25, 90), 24, (3, 3), {"groups": 2, "padding": 1, "padding_mode": "circular"}),  # 12 outputs per group
     ((2, 40, 300), 17, (1, 1), {"stride": [3, 1]}),  # 2 taps: no whole chunk
     ((5, 21, 29), 10, (2, 2), {"groups": 5, "stride": 2, "padding": 1, "padding_mode": "replicate"}),  # 1 input, 4 taps
+    ((3, 16, 64), 9, (1, 1), {}),  # 1024 positions: whole spans only, none partial
 ]
 
 

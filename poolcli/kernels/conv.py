@@ -18,6 +18,12 @@ channels have zero weights and are not written, and the last chunk's missing tap
 weights and read a run of zeros kept after the planes (not a real tap: ``0 * inf`` would be a
 NaN where torch has none). Consecutive tasks are the blocks of one span, so its input stays in
 cache while every block reads it. Accumulation is in float32, as torch's.
+
+The accumulator rows lie in one flat array, ``ROW`` apart, starting on cache lines. With those
+constant offsets, and a pass over a whole span given the constant ``SPAN`` as its length, LLVM
+proves that the rows do not overlap and vectorises the pass without run-time overlap checks
+(12-16% faster than rows of a 2-D array and a length known at run time; the shorter pass over
+a map's last span keeps the checks).
 """
 
 import numpy as np
@@ -114,14 +120,14 @@ def _pad_row(dst, row, inside, px, sw, left, w, padded_w, mode):
 
 
 @njit(cache=True, nogil=True)
-def _aligned_zeros(rows, row):
-    """float32 zeros (rows, row) whose rows start on cache lines (``row`` a multiple of
-    ``VECTOR``). Numba aligns arrays to 32 bytes only: half the time every 64-byte vector load and
-    store of an accumulator row would then straddle two cache lines, and cost two (the kernels
-    below ran 15-20% slower so)."""
-    flat = np.zeros(rows * row + VECTOR, np.float32)
+def _aligned_zeros(size):
+    """float32 zeros (size,) starting on a cache line. Numba aligns arrays to 32 bytes only: half
+    the time every 64-byte vector load and store of an accumulator row (``ROW``, a multiple of
+    ``VECTOR``) would then straddle two cache lines, and cost two (the kernels below ran 15-20%
+    slower so)."""
+    flat = np.zeros(size + VECTOR, np.float32)
     first = (VECTOR - flat.ctypes.data // 4 % VECTOR) % VECTOR
-    return flat[first : first + rows * row].reshape((rows, row))
+    return flat[first : first + size]
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -154,34 +160,18 @@ def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
         p0 = task // blocks % spans * SPAN
         g = task // blocks // spans
         n = min(SPAN, positions - p0)
-        acc = _aligned_zeros(OUT_BLOCK, ROW)
-        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-        a4, a5, a6, a7 = acc[4], acc[5], acc[6], acc[7]
+        acc = _aligned_zeros(OUT_BLOCK * ROW)  # its rows, flat: row q starts at q * ROW
         for k in range(chunks):
-            w = packed[g, b, k]
-            w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
-            w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
-            w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
-            w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
-            w40, w41, w42, w43 = w[4, 0], w[4, 1], w[4, 2], w[4, 3]
-            w50, w51, w52, w53 = w[5, 0], w[5, 1], w[5, 2], w[5, 3]
-            w60, w61, w62, w63 = w[6, 0], w[6, 1], w[6, 2], w[6, 3]
-            w70, w71, w72, w73 = w[7, 0], w[7, 1], w[7, 2], w[7, 3]
             tap = offsets[g, k * TAPS :]
             s0 = planes[tap[0] + p0 :]
             s1 = planes[tap[1] + p0 :]
             s2 = planes[tap[2] + p0 :]
             s3 = planes[tap[3] + p0 :]
-            for t in range(n):
-                v0, v1, v2, v3 = s0[t], s1[t], s2[t], s3[t]
-                a0[t] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                a1[t] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                a2[t] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                a3[t] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-                a4[t] += w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
-                a5[t] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
-                a6[t] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
-                a7[t] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
+            # Spans are whole but the last: see the module docstring for the constant length.
+            if n == SPAN:
+                _accumulate_chunk(acc, packed[g, b, k], s0, s1, s2, s3, SPAN)
+            else:
+                _accumulate_chunk(acc, packed[g, b, k], s0, s1, s2, s3, n)
         # Write the block's channels: the grid positions of each output row, less dropped columns.
         for q in range(min(OUT_BLOCK, per_group - b * OUT_BLOCK)):
             o = g * per_group + b * OUT_BLOCK + q
@@ -191,11 +181,37 @@ def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
                 first = max(p0, oy * cols)
                 last = min(p0 + n, oy * cols + out_w)
                 dst = out[o, oy, first - oy * cols :]
-                src = acc[q, first - p0 :]
+                src = acc[q * ROW + first - p0 :]
                 for t in range(last - first):
                     dst[t] = src[t] + row_bias
                 oy += 1
     return out
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _accumulate_chunk(acc, w, s0, s1, s2, s3, n):
+    """``acc[q * ROW + t] += sum_j w[q, j] * s_j[t]`` for ``t < n``: one pass of :func:`conv_planes`
+    over a span, ``TAPS`` taps for ``OUT_BLOCK`` accumulator rows (the weights in registers)."""
+    a0, a1, a2, a3 = acc[0 * ROW :], acc[1 * ROW :], acc[2 * ROW :], acc[3 * ROW :]
+    a4, a5, a6, a7 = acc[4 * ROW :], acc[5 * ROW :], acc[6 * ROW :], acc[7 * ROW :]
+    w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
+    w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
+    w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
+    w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+    w40, w41, w42, w43 = w[4, 0], w[4, 1], w[4, 2], w[4, 3]
+    w50, w51, w52, w53 = w[5, 0], w[5, 1], w[5, 2], w[5, 3]
+    w60, w61, w62, w63 = w[6, 0], w[6, 1], w[6, 2], w[6, 3]
+    w70, w71, w72, w73 = w[7, 0], w[7, 1], w[7, 2], w[7, 3]
+    for t in range(n):
+        v0, v1, v2, v3 = s0[t], s1[t], s2[t], s3[t]
+        a0[t] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+        a1[t] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+        a2[t] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+        a3[t] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+        a4[t] += w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
+        a5[t] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
+        a6[t] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
+        a7[t] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -214,7 +230,7 @@ def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols)
         p0 = task // per_group % spans * SPAN
         g = task // per_group // spans
         n = min(SPAN, positions - p0)
-        acc = _aligned_zeros(1, ROW)[0]
+        acc = _aligned_zeros(ROW)
         weights, tap = packed[g, q], offsets[g]
         for k in range(chunks):
             j = k * NARROW_TAPS
