@@ -52,37 +52,43 @@ def _power_sum64(plane, p, eps):
     return acc
 
 
+BLOCK = 64  # GeM's float32 partial sums: values per block
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def gem(x, p, eps):
     """(C, H, W) -> (C,): ``mean(max(x, eps) ** p) ** (1 / p)`` per channel (NaN propagates),
     the mean in float64.
 
-    The usual powers 2 and 3 are taken as float32 products, each rounded once (1e-7 relative,
-    far below the float32 result's own rounding) and summed in float64: half the float64 work,
-    on a stage that runs at the speed of reading the map. They stay normal numbers whenever
-    ``eps >= 1e-12`` and the sum stays finite; a channel whose sum is not finite (an inf or NaN
-    in it, or a cube past float32's range) is summed again in float64, which then decides. Any
-    other p takes a float64 ``pow`` per element."""
+    The usual powers 2 and 3 are float32 products, summed in float32 over blocks of
+    :data:`BLOCK` values and the blocks' sums in float64: under 1e-6 relative, far below the
+    float32 result's own rounding, at the speed of reading the map (twice that of float64
+    throughout). They stay normal numbers whenever ``eps >= 1e-12``; a channel whose sum is
+    not finite (an inf or NaN in it, or powers past float32's range) is summed again in float64,
+    which then decides. Any other p takes a float64 ``pow`` per element."""
     c = x.shape[0]
     planes = x.reshape(c, -1)
     n = planes.shape[1]
     out = np.empty(c, np.float32)
     fast = (p == 2.0 or p == 3.0) and eps >= 1e-12
+    square = p == 2.0
+    whole = n - n % BLOCK
     for k in prange(c):
         plane = planes[k]
         acc = np.inf
         if fast:
             acc = 0.0
-            if p == 2.0:
-                for i in range(n):
-                    v = plane[i]
+            for start in range(0, whole, BLOCK):
+                block = plane[start : start + BLOCK]
+                part = np.float32(0)
+                for i in range(BLOCK):  # a literal trip count: the block's sum vectorises
+                    v = block[i]
                     v = eps if v < eps else v
-                    acc += np.float64(v * v)
-            else:
-                for i in range(n):
-                    v = plane[i]
-                    v = eps if v < eps else v
-                    acc += np.float64(v * v * v)
+                    part += v * v if square else v * v * v
+                acc += part
+            for v in plane[whole:]:
+                v = eps if v < eps else v
+                acc += np.float64(v * v if square else v * v * v)
         if not acc < np.inf:  # inf or NaN (np.isfinite is folded away under fast-math)
             acc = _power_sum64(plane, p, eps)
         out[k] = (acc / n) ** (1.0 / p)
