@@ -8,11 +8,9 @@ Heavy imports (numba, pyarrow, pydantic) happen inside the commands.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import sys
-import threading
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -125,8 +123,6 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Run the pipeline over images and write descriptors or feature maps to OUT."""
-    if engine is _Engine.local:
-        _import_in_background("poolcli.kernels")  # Numba's start overlaps the config and the listing
     from poolcli.runner import run as run_pipeline
 
     pipeline = _load(config)
@@ -142,20 +138,6 @@ def run(
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
         raise typer.Exit(EXIT_FAILURES)
-
-
-def _import_in_background(module: str) -> None:
-    """Start importing ``module`` on a daemon thread, so that the parts of its import that release
-    the GIL (LLVM's start, reading files) overlap this thread's own work. Importing it later here
-    waits for that import; an error is left for that import to raise."""
-
-    def load():
-        try:
-            importlib.import_module(module)
-        except BaseException:  # noqa: BLE001 (raised again by the import that needs the module)
-            pass
-
-    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
 
 
 class _progress:
