@@ -115,6 +115,18 @@ def test_run_every_shipped_config_on_the_sample_images(tmp_path, config):
     assert again.returncode == 0 and json.loads(again.stdout)["shards_resumed"] == 1
 
 
+def test_run_summary_prints_paths_as_they_are(tmp_path):
+    # a log or pipe gets plain lines: brackets and colons in paths are not read as Rich markup
+    folder = tmp_path / "in [x] :smile:"
+    folder.mkdir()
+    (folder / "bad [red]1[bold].png").write_bytes(b"not a png")
+    out = tmp_path / "out [red] :smile:"
+    result = cli("run", ROOT / "configs" / "gabor_gem.yaml", folder, "-o", out)
+    assert result.returncode == 3, result.stderr
+    assert f"to {out} in " in result.stderr
+    assert f"  failed: {folder / 'bad [red]1[bold].png'} [load]: " in result.stderr
+
+
 def test_run_refuses_another_config_in_the_same_folder(tmp_path):
     out = tmp_path / "out"
     assert cli("run", CONFIGS[0], SAMPLES / "camera.png", "-o", out).returncode == 0
