@@ -8,11 +8,21 @@ Times, as medians of ``--rounds`` fresh processes run alternately: ``poolcli --h
 ``python -c "import torch"``. The ``poolcli`` script is the one installed beside this Python
 (a version manager's shim in front of it, such as pyenv's, adds its own delay). Aims (issue 5):
 --help within 0.4 s, inspect within 0.6 s, the one-image run within 1.5 s.
+
+The commands run in this environment less ``PYTHONDONTWRITEBYTECODE``: some sandboxes set it,
+no installation does, and with it every module edited since the last install is compiled
+again in every process (a round of each command runs untimed first, so bytecode is written).
+Run it with the Python of a regular install, as README's ``pip install .`` makes, to time what
+users get: an editable install (``pip install -e``) puts its import hook in every process::
+
+    python -m venv /tmp/v && /tmp/v/bin/pip install . torch==2.13.0
+    /tmp/v/bin/python benchmarks/startup.py
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,9 +38,12 @@ CONFIG = REPO / "configs" / "gabor_gem.yaml"
 IMAGE = REPO / "sample_images" / "chelsea.png"
 
 
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall(command: list[str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
@@ -60,6 +73,8 @@ def main(argv=None) -> int:
         commands['python -c "import torch"'] = lambda: [sys.executable, "-c", "import torch"]
     except ImportError:
         pass
+    for command in commands.values():  # untimed: bytecode written, files in the page cache
+        wall(command())
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.rounds):
         for name, command in commands.items():
