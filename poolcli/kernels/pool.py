@@ -97,23 +97,36 @@ def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_
         for s in range(w):
             v = row[s]
             columns[s] = v if (v > columns[s]) | np.isnan(v) else columns[s]
-    step = stride[1]
-    if step == 2 and dilation[1] == 1 and 2 <= kernel[1] <= 3:  # as in _separable_sum_row
-        for j in range(out_row.size):
+    _max_columns(buffer, kernel[1], stride[1], dilation[1], out_row)
+
+
+@njit(cache=True, nogil=True)
+def _max_columns(buffer, kernel, step, dilation, out_row):
+    """``out_row[j]`` = the maximum of ``buffer[j * step + kj * dilation]`` over ``kj < kernel``
+    (greater or NaN wins). Strides 1 and 2 are written as literals, which vectorise (a variable
+    stride does not); a helper of its own, so that the row pass before it is still inlined."""
+    n = out_row.size
+    if step == 2 and dilation == 1 and 2 <= kernel <= 3:
+        for j in range(n):
             best, v = buffer[2 * j], buffer[2 * j + 1]
             out_row[j] = v if (v > best) | np.isnan(v) else best
-        if kernel[1] == 3:
-            for j in range(out_row.size):
+        if kernel == 3:
+            for j in range(n):
                 best, v = out_row[j], buffer[2 * j + 2]
                 out_row[j] = v if (v > best) | np.isnan(v) else best
         return
-    for j in range(out_row.size):
+    for j in range(n):
         out_row[j] = buffer[j * step]
-    for kj in range(1, kernel[1]):
-        taps = buffer[kj * dilation[1] :]
-        for j in range(out_row.size):
-            v = taps[j * step]
-            out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]
+    for kj in range(1, kernel):
+        taps = buffer[kj * dilation :]
+        if step == 1:
+            for j in range(n):
+                v = taps[j]
+                out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]
+        else:
+            for j in range(n):
+                v = taps[j * step]
+                out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -165,21 +178,28 @@ def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums)
         else:
             for s in range(w):
                 columns[s] += np.float64(abs(row[s])) ** p
-    step, n = stride[1], sums.size
-    if step == 2 and 2 <= kernel[1] <= 3:  # 2x2/2 and 3x3/2: literal strides vectorise, a variable one does not
-        if kernel[1] == 2:
+    _sum_columns(buffer, kernel[1], stride[1], sums)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _sum_columns(buffer, kernel, step, sums):
+    """``sums[j]`` = the sum of ``buffer[j * step + kj]`` over ``kj < kernel``, as
+    :func:`_max_columns` takes maxima."""
+    n = sums.size
+    if step == 2 and 2 <= kernel <= 3:
+        if kernel == 2:
             for j in range(n):
                 sums[j] = buffer[2 * j] + buffer[2 * j + 1]
         else:
             for j in range(n):
                 sums[j] = buffer[2 * j] + buffer[2 * j + 1] + buffer[2 * j + 2]
         return
-    for kj in range(kernel[1]):
+    for kj in range(kernel):
         taps = buffer[kj:]
         if kj == 0:
             for j in range(n):
                 sums[j] = taps[j * step]
-        elif step == 1:  # a literal stride vectorises better
+        elif step == 1:
             for j in range(n):
                 sums[j] += taps[j]
         else:
