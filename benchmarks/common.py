@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -36,12 +37,17 @@ def alternate(contenders: dict[str, Callable[[], object]], rounds: int, before: 
               budget_s: float | None = None) -> dict[str, list[float]]:
     """Seconds per call of each contender, timed alternately for ``rounds`` rounds (fewer when
     ``budget_s`` runs out, never fewer than 3). ``before[name]()`` runs untimed before each timed call of
-    ``name`` (torch.set_num_threads: running a Numba parallel kernel can reset torch's threads)."""
+    ``name`` (torch.set_num_threads: running a Numba parallel kernel can reset torch's threads).
+    Each round takes the contenders in a new (seeded) random order: what ran just before a call
+    changes its time (after a copy, the cache is full of lines that must be written back first), so
+    a fixed order would favour whoever follows the kindest neighbour."""
     before = before or {}
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    shuffle = random.Random(0).sample
     started = time.perf_counter()
     for index in range(rounds):
-        for name, call in contenders.items():
+        for name in shuffle(list(contenders), len(contenders)):
+            call = contenders[name]
             if name in before:
                 before[name]()
             t0 = time.perf_counter()
