@@ -61,6 +61,16 @@ def test_gem_powers_beyond_float32_range_are_summed_in_float64(p):
         np.testing.assert_allclose(stage("gem", p=p, eps=eps)(x), naive.gem(x, p, eps), rtol=1e-6)
 
 
+@pytest.mark.parametrize("p", [0.3, 2.5, 7.9, 8.5])  # 8.5: past exp's range, float64 pow instead
+@pytest.mark.parametrize("eps", [1e-6, 1e-30, 1e-40])  # 1e-40: not a normal float32, pow instead
+def test_gem_other_powers_over_every_magnitude(p, eps, rng):
+    x = (10.0 ** rng.uniform(-38, 38, (3, 9, 70)) * rng.choice([-1, 1], (3, 9, 70))).astype(np.float32)
+    x[1, 4, 5] = np.nan
+    with np.errstate(over="ignore"):  # naive: large powers overflow to inf, as they should
+        expected = naive.gem(x, p, eps)
+    np.testing.assert_allclose(stage("gem", p=p, eps=eps)(x), expected, rtol=1e-6)
+
+
 def test_gem_spans_average_to_max(rng):
     x = np.abs(sample(rng, (4, 9, 11))) + 0.1
     np.testing.assert_allclose(stage("gem", p=1.0)(x), stage("global_avg_pool")(x), rtol=1e-6)
