@@ -172,20 +172,26 @@ def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
                 _accumulate_chunk(acc, packed[g, b, k], s0, s1, s2, s3, SPAN)
             else:
                 _accumulate_chunk(acc, packed[g, b, k], s0, s1, s2, s3, n)
-        # Write the block's channels: the grid positions of each output row, less dropped columns.
-        for q in range(min(OUT_BLOCK, per_group - b * OUT_BLOCK)):
+        for q in range(min(OUT_BLOCK, per_group - b * OUT_BLOCK)):  # the block's channels
             o = g * per_group + b * OUT_BLOCK + q
-            row_bias = bias[o]
-            oy = p0 // cols
-            while oy * cols < p0 + n:
-                first = max(p0, oy * cols)
-                last = min(p0 + n, oy * cols + out_w)
-                dst = out[o, oy, first - oy * cols :]
-                src = acc[q * ROW + first - p0 :]
-                for t in range(last - first):
-                    dst[t] = src[t] + row_bias
-                oy += 1
+            _store_span(out[o], acc[q * ROW :], bias[o], p0, n, cols)
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store_span(out_plane, acc_row, bias, p0, n, cols):
+    """Write the span of ``n`` grid positions from ``p0`` of one output channel, plus its bias:
+    each output row's positions in the span, less the dropped columns ``ox >= out_w``."""
+    out_w = out_plane.shape[1]
+    oy = p0 // cols
+    while oy * cols < p0 + n:
+        first = max(p0, oy * cols)
+        last = min(p0 + n, oy * cols + out_w)
+        dst = out_plane[oy, first - oy * cols :]
+        src = acc_row[first - p0 :]
+        for t in range(last - first):
+            dst[t] = src[t] + bias
+        oy += 1
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -244,16 +250,7 @@ def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols)
                 acc[t] += (w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t]
                            + w4 * s4[t] + w5 * s5[t] + w6 * s6[t] + w7 * s7[t])
         o = g * per_group + q
-        row_bias = bias[o]
-        oy = p0 // cols
-        while oy * cols < p0 + n:
-            first = max(p0, oy * cols)
-            last = min(p0 + n, oy * cols + out_w)
-            dst = out[o, oy, first - oy * cols :]
-            src = acc[first - p0 :]
-            for t in range(last - first):
-                dst[t] = src[t] + row_bias
-            oy += 1
+        _store_span(out[o], acc, bias[o], p0, n, cols)
     return out
 
 
