@@ -237,7 +237,7 @@ class Pipeline:
         return self._run(x, keep_all=True)
 
     def _run(self, x: np.ndarray, keep_all: bool, scale: float = 1.0) -> dict[str, np.ndarray]:
-        from poolcli.kernels import SERIAL_WORK, threads_for
+        from poolcli.kernels import threads_for
 
         values = {"input": self._standardize(x)}
         if scale != 1:
@@ -252,10 +252,7 @@ class Pipeline:
                 work = node.stage.macs(*key[1:])
                 if len(self._work) < 4096:
                     self._work[key] = work
-            if work < SERIAL_WORK:  # small stages: one thread
-                with threads_for(work):
-                    out = node.stage(*inputs)
-            else:
+            with threads_for(work):  # small stages: one thread
                 out = node.stage(*inputs)
             values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
             if not keep_all:
