@@ -65,8 +65,7 @@ class Pipeline:
         self.nodes = _build_nodes(config)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
-        self._fits: set[tuple[int, ...]] = set()  # input shapes already traced without error
-        self._work: dict[tuple, int] = {}  # (stage, input shapes) -> its multiply-adds
+        self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> costs (_fit)
         if config.multiscale and self.kind != "descriptors":
             raise ConfigError(
                 "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",
@@ -209,67 +208,84 @@ class Pipeline:
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
         x = _as_map(x)
-        self._check(x.shape)  # every shape problem is found here, before any kernel runs
+        costs = self._fits.get(x.shape)
+        if costs is None:
+            costs = self._fit(x.shape)  # every shape problem is found here, before any kernel runs
         if not self.config.multiscale:
-            return self._normalize(self._run(x, keep_all=False)[self.final.name])
+            return self._normalize(self._run(x, costs[0])[self.final.name])
         power = self.multiscale_power
         total = None
-        for scale in self.config.multiscale:
-            y = self._normalize(self._run(x, keep_all=False, scale=scale)[self.final.name])
+        for scale, scale_costs in zip(self.config.multiscale, costs):
+            y = self._normalize(self._run(x, scale_costs, scale=scale)[self.final.name])
             y = _signed_power(y.astype(np.float64), power)
             total = y if total is None else total + y
         combined = _signed_power(total / len(self.config.multiscale), 1.0 / power)
         return self._normalize(combined.astype(np.float32))
 
-    def _check(self, shape: tuple[int, ...]) -> None:
-        """:meth:`trace` once per input shape (a run's images share few sizes, and tracing a long
-        pipeline costs as much as running it on a small map)."""
-        if shape not in self._fits:
-            self.trace(shape)
-            if len(self._fits) < 4096:
-                self._fits.add(shape)
+    def _fit(self, shape: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
+        """:meth:`trace` an input shape, and each stage's multiply-adds at each scale (one scale
+        without ``multiscale``), which decide how many threads a stage runs on. Once per input
+        shape: a run's images share few sizes, and tracing a long pipeline costs as much as
+        running it on a small map."""
+        self.trace(shape)
+        costs = []
+        for scale in self.config.multiscale or [1]:
+            scaled = shape if scale == 1 else _rescale(scale).output_shape(shape)
+            costs.append(tuple(record.macs for record in self._trace_at(scaled, ReceptiveField())))
+        if len(self._fits) < 4096:
+            self._fits[shape] = tuple(costs)
+        return tuple(costs)
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every stage's output by name (``input``: the standardised input), before the output
         normalisation: what ``poolcli show`` draws. At scale 1 only, even with ``multiscale``."""
         x = _as_map(x)
-        self._trace_at(x.shape, ReceptiveField())
-        return self._run(x, keep_all=True)
+        costs = tuple(record.macs for record in self._trace_at(x.shape, ReceptiveField()))
+        return self._run(x, costs, keep_all=True)
 
-    def _run(self, x: np.ndarray, keep_all: bool, scale: float = 1.0) -> dict[str, np.ndarray]:
-        from poolcli.kernels import threads_for
-
-        values = {"input": self._standardize(x)}
+    def _run(self, x: np.ndarray, costs: tuple[int, ...], scale: float = 1.0,
+             keep_all: bool = False) -> dict[str, np.ndarray]:
+        """The needed stages' outputs (every stage's with ``keep_all``) for a contiguous float32
+        map; ``costs``: each stage's multiply-adds. This is the path of every image, and between
+        two stages every step of Python runs with cold caches (the stage before has just
+        streamed a map through them): each step here is worth its cost."""
+        if self._mean_std is not None:
+            x = self._standardize(x)
         if scale != 1:
-            values["input"] = _rescale(scale)(values["input"])
-        for node in self.nodes:
-            if not keep_all and node.name not in self._needed:
-                continue
-            inputs = [values[n] for n in node.inputs]
-            key = (node.name, *(a.shape for a in inputs))
-            work = self._work.get(key)
-            if work is None:  # once per stage and map size: a cost is cheap, not free
-                work = node.stage.macs(*key[1:])
-                if len(self._work) < 4096:
-                    self._work[key] = work
-            with threads_for(work):  # small stages: one thread
-                out = node.stage(*inputs)
-            values[node.name] = np.ascontiguousarray(out, dtype=np.float32)
-            if not keep_all:
-                for name in self._last_use.get(node.name, ()):
-                    del values[name]
+            x = _rescale(scale)(x)
+        values = {"input": x}
+        for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
+            out = _call_sized(costs[index], stage, *map(values.__getitem__, inputs))
+            values[name] = np.ascontiguousarray(out, dtype=np.float32)
+            for used in done:
+                del values[used]
         return values
 
+    @functools.cached_property
+    def _steps(self) -> list[tuple[int, str, Stage, tuple[str, ...], tuple[str, ...]]]:
+        """The needed stages in order: (index in nodes, name, stage, input names, names of the
+        maps no later stage reads, freed right after it runs)."""
+        return [(index, node.name, node.stage, node.inputs, tuple(self._last_use.get(node.name, ())))
+                for index, node in enumerate(self.nodes) if node.name in self._needed]
+
+    @functools.cached_property
+    def _every_step(self) -> list[tuple[int, str, Stage, tuple[str, ...], tuple[str, ...]]]:
+        """Every stage in order, as :attr:`_steps`, freeing nothing."""
+        return [(index, node.name, node.stage, node.inputs, ()) for index, node in enumerate(self.nodes)]
+
     def _standardize(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        mean, std = self.config.input.mean, self.config.input.std
-        if mean is None:
-            return x
+        mean, std = self._mean_std
         if len(mean) not in (1, x.shape[0]):
             raise ShapeError(f"input.mean has {len(mean)} values but the map has {x.shape[0]} channels")
-        mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-        std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+    @functools.cached_property
+    def _mean_std(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """input.mean and input.std as (C, 1, 1) float32 arrays, or None (no standardisation)."""
+        mean, std = self.config.input.mean, self.config.input.std
+        if mean is None:
+            return None
+        return np.asarray(mean, np.float32).reshape(-1, 1, 1), np.asarray(std, np.float32).reshape(-1, 1, 1)
 
     def _normalize(self, y: np.ndarray) -> np.ndarray:
         if self.normalize != "l2":
@@ -280,13 +296,35 @@ class Pipeline:
         return (y / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+#: Below this many multiply-adds or comparisons a stage's kernels run on one thread, where a
+#: parallel launch (about 10 microseconds on an idle machine) would cost more than it saves.
+#: Above it two threads halve the time even of bandwidth-bound stages: GeM of 512x32x32 (1M)
+#: takes 0.14 ms on one thread and 0.07 ms on two; SPP 1,2,4 of 256x64x64 0.44 and 0.22 ms.
+#: While another process keeps a core busy the median stays so, but a launch now and then waits
+#: for the scheduler (GeM's mean 0.52 ms on two threads, torch's 2.0 ms; measured with
+#: timing loops beside a busy ``python -c "while True: pass"``). torch has the same kind of rule
+#: (its GRAIN_SIZE).
+SERIAL_WORK = 500_000
+
+
+def _call_sized(work: int, function, *args):
+    """``function(*args)``, its kernels on one thread if ``work`` (multiply-adds or comparisons,
+    as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, else on the current number."""
+    if work >= SERIAL_WORK:  # the common case, first: it imports nothing and asks Numba nothing
+        return function(*args)
+    from poolcli.kernels import one_thread  # sets Numba's cache folder before numba is imported
+
+    with one_thread():
+        return function(*args)
+
+
 def _as_map(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
         raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
-    return x
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _rescale(scale: float) -> Upsample:

@@ -101,6 +101,31 @@ def test_stages_the_output_does_not_need_are_skipped(rng, monkeypatch):
     assert pipe(np.ones((1, 3, 3), np.float32)).shape == (1,)
 
 
+def test_small_stages_run_on_one_thread_and_the_count_is_restored(monkeypatch):
+    import numba
+
+    from poolcli.pipeline import SERIAL_WORK
+    from poolcli.stages.global_pool import GlobalAvgPool
+
+    seen = []
+    average = GlobalAvgPool.__call__
+
+    def spy(self, x):
+        seen.append(numba.get_num_threads())
+        return average(self, x)
+
+    monkeypatch.setattr(GlobalAvgPool, "__call__", spy)
+    pipe = Pipeline.from_config({"stages": [{"type": "spoc"}]})
+    threads = numba.get_num_threads()
+    small, large = np.ones((4, 8, 8), np.float32), np.ones((16, 256, 256), np.float32)
+    assert small.size < SERIAL_WORK <= large.size  # spoc's cost: one addition per value
+    pipe(small)
+    pipe(large)
+    pipe(small)
+    assert seen == [1, threads, 1]
+    assert numba.get_num_threads() == threads
+
+
 def test_maps_are_not_normalised_by_default_and_l2_per_position(rng):
     x = rng.random((3, 4, 5)).astype(np.float32)
     plain = Pipeline.from_config({"stages": [{"type": "activation", "fn": "abs"}]})

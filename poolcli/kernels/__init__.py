@@ -121,24 +121,9 @@ def set_threads(threads: int | None) -> None:
     numba.set_num_threads(threads)
 
 
-#: Below this many multiply-adds or comparisons a stage's kernels run on one thread, where a
-#: parallel launch (about 10 microseconds on an idle machine) would cost more than it saves.
-#: Above it two threads halve the time even of bandwidth-bound stages: GeM of 512x32x32 (1M)
-#: takes 0.14 ms on one thread and 0.07 ms on two; SPP 1,2,4 of 256x64x64 0.44 and 0.22 ms.
-#: While another process keeps a core busy the median stays so, but a launch now and then waits
-#: for the scheduler (GeM's mean 0.52 ms on two threads, torch's 2.0 ms; measured with
-#: timing loops beside a busy ``python -c "while True: pass"``). torch has the same kind of rule
-#: (its GRAIN_SIZE).
-SERIAL_WORK = 500_000
-
-
 @contextmanager
-def threads_for(work: int):
-    """Within the block, kernels run on one thread if ``work`` (multiply-adds or comparisons,
-    as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, else on the current number."""
-    if work >= SERIAL_WORK:  # the common case, first: asking Numba costs microseconds
-        yield
-        return
+def one_thread():
+    """Within the block, kernels run on one thread (small stages: see ``pipeline.SERIAL_WORK``)."""
     import numba
 
     threads = numba.get_num_threads()
