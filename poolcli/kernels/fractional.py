@@ -24,7 +24,7 @@ def _window_starts(sample, size, out_size, kernel, starts):
     starts[out_size - 1] = size - kernel
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")  # called, the kernel ran 1.9 times slower
 def _max_row(plane, top, col_starts, kernel, column_max, window_max, out_row):
     """One output row: the maximum of the ``kernel`` windows at row ``top`` and each column start.
     The window rows' column maxima first, then their maxima over ``kernel[1]`` consecutive columns
