@@ -39,7 +39,7 @@ def _first_tap(start, dilation):
     return start
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _max_row(plane, i, kernel, stride, padding, dilation, out_row, index_row):
     """Output row ``i`` of max pooling over one (H, W) plane; ``index_row`` is None or receives
     the flat argmax ``h * W + w``. torch's rule: a tap wins if it is greater or NaN, so a NaN
@@ -80,7 +80,7 @@ def _buffer_size(width, out_size, kernel, stride, padding, dilation):
     return max(padding + width, (out_size - 1) * stride + (kernel - 1) * dilation + 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_row):
     """Output row ``i`` of max pooling, without indices: the window rows' column maxima into
     ``buffer`` (its padding already -inf), then each output's maximum over its columns. A tap wins
@@ -153,7 +153,7 @@ def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
     return out
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums):
     """``sums[j]`` = the sum over output ``j``'s in-bounds window taps of the value (``term``
     0), its absolute value (1), its square (2) or ``|v| ** p`` (3), accumulated in
