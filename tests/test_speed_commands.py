@@ -91,6 +91,32 @@ def test_warmup_compiles_once_then_loads_from_the_cache(tmp_path):
     assert "are ready: loaded from" in second
 
 
+def test_a_warm_run_loads_its_kernels_without_numbas_registries(tmp_path):
+    """Numba's registries of implementations (a fifth of a second) load only when something is
+    compiled, and then without scipy.linalg; a run whose kernels are cached gives the same numbers
+    without them."""
+    config = tmp_path / "pool_gem.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}, {type: conv, filters: sobel}, {type: gem}]\n")
+    code = (
+        "import json, sys, numpy as np, poolcli\n"
+        f"pipe = poolcli.Pipeline.from_yaml({str(config)!r})\n"
+        "y = pipe(np.linspace(-1, 1, 3 * 32 * 32, dtype=np.float32).reshape(3, 32, 32))\n"
+        "print(json.dumps([y.tolist(), 'numba.np.arraymath' in sys.modules, 'scipy.linalg' in sys.modules]))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def fresh_process():
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    cold_values, cold_registries, cold_scipy = fresh_process()
+    warm_values, warm_registries, warm_scipy = fresh_process()
+    assert cold_registries and not cold_scipy  # it compiled
+    assert not warm_registries and not warm_scipy
+    assert warm_values == cold_values
+
+
 def test_warmup_without_a_config_runs_every_stage_type():
     result = invoke("warmup", "--no-progress")
     assert result.exit_code == 0, result.output

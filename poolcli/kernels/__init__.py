@@ -62,30 +62,70 @@ class _Refuse:
 
 
 def _start_numba() -> None:
-    """Load Numba's registries of implementations now, without scipy.linalg.
+    """Set Numba up so that a run whose kernels are all in the cache never loads Numba's
+    registries of implementations, and a run that compiles loads them without scipy.linalg.
 
-    Before it compiles or loads its first function, Numba imports every implementation it has;
-    one of them (``numba.np.arraymath``) imports scipy.linalg, when scipy is installed, only to
+    Before it compiles or loads its first function, Numba imports every implementation it has
+    (its registries: a fifth of a second, about a third of a one-image run's start). Loading a
+    function from the cache needs none of them, only the memory runtime, so a cached kernel is
+    loaded without them (:func:`_load_cached`), and they load when something is compiled.
+
+    One of them (``numba.np.arraymath``) imports scipy.linalg, when scipy is installed, only to
     learn that BLAS is there for ``np.correlate`` and ``np.convolve``. That import takes about a
-    second, as long as the rest of a one-image run. poolcli's kernels use neither function, so
-    scipy.linalg is made to look absent while the registries load: those two functions then use
-    Numba's own loop in this process (same results), and anything else that needs scipy.linalg
-    later imports it as usual. Nothing is done if scipy.linalg is already imported.
+    second. poolcli's kernels use neither function, so scipy.linalg is made to look absent while
+    the registries load (:func:`_guarded_refresh`): those two functions then use Numba's own
+    loop in this process (same results), and anything else that needs scipy.linalg later
+    imports it as usual. Nothing is done if scipy.linalg is already imported.
     """
-    refuse = None if "scipy.linalg" in sys.modules else _Refuse("scipy.linalg", "scipy.linalg.cython_blas")
-    if refuse is not None:
-        sys.meta_path.insert(0, refuse)
-    try:
-        from numba.core import config
-        from numba.core.registry import cpu_target
+    from numba.core import caching, config
+    from numba.core.registry import cpu_target
 
-        created = "_toplevel_target_context" in vars(cpu_target)  # a cached_property: reading it creates it
-        if not created and config.CPU_FEATURES is None and config.CPU_NAME is None:
-            config.CPU_FEATURES = _wide_vector_features()  # read once, when the line below creates the codegen
-        cpu_target.target_context.refresh()
-    finally:
+    created = "_toplevel_target_context" in vars(cpu_target)  # a cached_property: reading it creates it
+    if not created and config.CPU_FEATURES is None and config.CPU_NAME is None:
+        config.CPU_FEATURES = _wide_vector_features()  # read once, when the line below creates the codegen
+    context = cpu_target.target_context
+    context.refresh = _guarded_refresh(context.refresh)
+    cache = caching.Cache
+    if all(hasattr(cache, name) for name in ("load_overload", "_load_overload", "_guard_against_spurious_io_errors")):
+        cache.load_overload = _load_cached(cache.load_overload)
+    else:  # a Numba whose cache works otherwise: load the registries now, as before
+        context.refresh()
+
+
+def _guarded_refresh(refresh):
+    """Numba's ``refresh`` (which loads its registries), with scipy.linalg made to look absent."""
+
+    def guarded_refresh():
+        refuse = None if "scipy.linalg" in sys.modules else _Refuse("scipy.linalg", "scipy.linalg.cython_blas")
         if refuse is not None:
-            sys.meta_path.remove(refuse)
+            sys.meta_path.insert(0, refuse)
+        try:
+            refresh()
+        finally:
+            if refuse is not None:
+                sys.meta_path.remove(refuse)
+
+    return guarded_refresh
+
+
+def _load_cached(numba_load_overload):
+    """Numba's ``Cache.load_overload`` for poolcli's kernels without its first step, loading
+    every registry: only the memory runtime is started (other functions load as Numba loads
+    them). Should a kernel's loading fail even so, Numba's own ``load_overload`` loads it."""
+
+    def load_overload(self, sig, target_context):
+        if not getattr(self._py_func, "__module__", "").startswith(__name__ + "."):
+            return numba_load_overload(self, sig, target_context)
+        from numba.core.runtime import rtsys
+
+        try:
+            rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+        except Exception:
+            return numba_load_overload(self, sig, target_context)
+
+    return load_overload
 
 
 def _wide_vector_features() -> str | None:
