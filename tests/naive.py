@@ -134,9 +134,10 @@ def lp_pool(x, p, kernel_size, stride=None, ceil_mode=False):
     """(sum |x|^p)^(1/p) over the in-bounds taps of each window."""
     H, W = x.shape[1:]
 
-    def norm(c, taps):
+    def norm(c, taps):  # float64 powers (NumPy's, which overflow to inf where Python's raise)
         inside = [(r, s) for r, s in taps if 0 <= r < H and 0 <= s < W]
-        return sum(abs(float(x[c, r, s])) ** p for r, s in inside) ** (1.0 / p)
+        with np.errstate(over="ignore"):
+            return sum(np.abs(np.float64(x[c, r, s])) ** p for r, s in inside) ** (1.0 / p)
 
     return _pool_windows(x, kernel_size, stride, 0, 1, ceil_mode, norm)
 

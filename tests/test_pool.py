@@ -129,6 +129,23 @@ def test_lp_pool_matches_naive(shape, params, specials, rng):
     assert_sums_close(stage("lp_pool", **params)(x), naive.lp_pool(x, **{"p": 2.0, **params}), np.abs(x))
 
 
+
+@pytest.mark.parametrize("p", [0.01, 0.5, 1.5, 2.5, 3.0, 7.5, 7.95, 8.5])
+def test_lp_pool_powers_by_exp_and_log_match_pow(p):
+    """Other p than 1 and 2 take exp(p ln |v|) below p = 7.94, except in a row with a subnormal,
+    inf or NaN, and their roots exp(ln(sum) / p) where that stays in range: rows of each kind,
+    zeros and float32's extremes among them."""
+    tiny, big = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    rows = [
+        [0.0, -0.0, 1.0, -2.5, tiny, -tiny, 1e-30, 3e-20],  # zeros and the smallest normal
+        [1e20, -3e30, big, 7.0, 0.25, -0.5, 1e-3, 2.0],  # float32's largest
+        [1e-40, 2.0, 3.0, -4.0, 5.0, 6.0, 7.0, 8.0],  # a subnormal: pow for this row
+        [np.inf, 1.0, 2.0, np.nan, 1.0, 1.0, -np.inf, 1.0],  # inf and NaN: pow
+    ]
+    x = np.array([rows], np.float32)
+    ours = stage("lp_pool", p=p, kernel_size=[1, 2])(x)
+    np.testing.assert_allclose(ours, naive.lp_pool(x, p=p, kernel_size=[1, 2]), rtol=2e-7, atol=0)
+
 ADAPTIVE_EDGES = [
     ((1, 1, 1), 1),
     ((1, 1, 1), [3, 2]),  # larger than the map: bins repeat pixels

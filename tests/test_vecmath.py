@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from poolcli.kernels.vecmath import EXP_HIGH, EXP_LOW, exp_near, log_bits
+from poolcli.kernels.vecmath import EXP_HIGH, EXP_LOW, exp_near, log_bits, log_bits64
 
 
 def test_exp_near_is_libm_exp_over_its_domain():
@@ -24,3 +24,12 @@ def test_log_bits_is_libm_log_for_every_normal_float32_exponent(rng):
     ours = np.array([log_bits(b) for b in values.view(np.int32).astype(np.int64)])
     exact = np.log(values.astype(np.float64))
     np.testing.assert_allclose(ours, exact, rtol=2e-15, atol=1e-300)
+
+
+def test_log_bits64_is_libm_log_for_every_normal_float64_exponent(rng):
+    exponents = rng.integers(-1022, 1024, 20_000)
+    values = rng.uniform(1, 2, exponents.size) * 2.0 ** exponents.astype(np.float64)
+    edges = np.array([1.0, np.finfo(np.float64).tiny, np.finfo(np.float64).max, np.nextafter(1, 2)])
+    values = np.concatenate([values, 1 + rng.uniform(-0.01, 0.01, 5_000), edges])
+    ours = np.array([log_bits64(b) for b in values.view(np.int64)])
+    np.testing.assert_allclose(ours, np.log(values), rtol=2e-15, atol=1e-300)

@@ -1,5 +1,5 @@
 """Private Numba kernels, one module per operator family, mirroring ``poolcli.stages`` (and
-``vecmath``: the exp and log that vectorise, which several of them inline).
+``vecmath``: the exp and log that vectorise, which GeM, Lp and SoftPool inline).
 
 Importing this package makes sure Numba's on-disk cache is writable before numba is imported:
 where the package folder is read-only (a system install), kernels are cached in the user's

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from poolcli.kernels import FASTMATH
+from poolcli.kernels.vecmath import EXP_HIGH, EXP_LOW, exp_near, log_bits, log_bits64
 
 ROWS = 8  # output rows per parallel task: their row buffer is allocated once
 
@@ -156,9 +157,11 @@ def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums):
     """``sums[j]`` = the sum over output ``j``'s in-bounds window taps of the value (``term``
-    0), its absolute value (1), its square (2) or ``|v| ** p`` (3), accumulated in
-    ``buffer``'s dtype: the window rows' column sums into ``buffer`` (its padding already 0),
-    then each output's sum over its columns."""
+    0), its absolute value (1), its square (2) or ``|v| ** p`` (3: ``pow``; 4: ``exp(p ln |v|)``
+    of :mod:`poolcli.kernels.vecmath`, which vectorises, for p below :data:`EXP_POWERS`; a row
+    with a subnormal, inf or NaN takes ``pow``), accumulated in ``buffer``'s dtype: the window
+    rows' column sums into ``buffer`` (its padding already 0), then each output's sum over its
+    columns."""
     h, w = plane.shape
     columns = buffer[padding[1] : padding[1] + w]
     columns[:] = 0
@@ -175,10 +178,33 @@ def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums)
             for s in range(w):
                 v = np.float64(row[s])
                 columns[s] += v * v
+        elif term == 4 and _normal_or_zero(row.view(np.int32)):
+            magnitudes = row.view(np.int32)
+            for s in range(w):
+                a = np.int64(magnitudes[s]) & 0x7FFFFFFF  # the bits of |v|
+                power = exp_near(p * log_bits(a))
+                columns[s] += power if a != 0 else 0.0
         else:
             for s in range(w):
                 columns[s] += np.float64(abs(row[s])) ** p
     _sum_columns(buffer, kernel[1], stride[1], sums)
+
+
+#: Lp pooling takes exp and log for p below this: p ln |v| stays in exp_near's domain for every
+#: float32 (ln |v| in [-88.1, 88.8])
+EXP_POWERS = min(EXP_HIGH / 88.8, EXP_LOW / -88.1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _normal_or_zero(bits):
+    """Whether every float32 of a row (given its bits) is zero or normal: no subnormal, inf or
+    NaN, whose bits :func:`poolcli.kernels.vecmath.log_bits` cannot take."""
+    odd = 0
+    for b in bits:
+        a = b & 0x7FFFFFFF
+        e = a >> 23
+        odd += ((e == 0) & (a != 0)) | (e == 0xFF)
+    return odd == 0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -264,10 +290,13 @@ def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_over
 def lp_pool(x, p, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): ``(sum |x| ** p) ** (1 / p)`` over the in-bounds taps of each
     window (no padding), in float64 so that large ``p`` does not overflow. p = 1 and 2, the
-    usual norms, take no ``pow`` call."""
+    usual norms, take no ``pow`` call, and other p below :data:`EXP_POWERS` exp and log that
+    vectorise (3e-14 relative)."""
     c, h, w = x.shape
     oh, ow = out_hw
-    term = 1 if p == 1.0 else 2 if p == 2.0 else 3
+    term = 1 if p == 1.0 else 2 if p == 2.0 else 4 if p < EXP_POWERS else 3
+    # the roots too, where ln(sum) / p stays in exp's domain and the sum is a normal float64
+    root_low, root_high = np.exp(max(EXP_LOW * p, -708.0)), np.exp(min(EXP_HIGH * p, 700.0))
     size = _buffer_size(w, ow, kernel[1], stride[1], 0, 1)
     out = np.empty((c, oh, ow), np.float32)
     blocks = (oh + ROWS - 1) // ROWS
@@ -283,10 +312,25 @@ def lp_pool(x, p, kernel, stride, out_hw):
             elif p == 2.0:
                 for j in range(ow):
                     row[j] = np.sqrt(sums[j])
+            elif term == 4 and _within(sums, root_low, root_high):
+                magnitudes = sums.view(np.int64)
+                for j in range(ow):
+                    y = log_bits64(magnitudes[j]) / p  # a sum of 0 (bits 0) may leave exp's domain:
+                    root = exp_near(y if y > EXP_LOW else EXP_LOW)  # clamped, then not taken
+                    row[j] = root if sums[j] != 0 else 0.0
             else:
                 for j in range(ow):
                     row[j] = sums[j] ** (1.0 / p)
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _within(sums, low, high):
+    """Whether every sum is 0 or in ``[low, high)`` (NaN and inf are not)."""
+    odd = 0
+    for v in sums:
+        odd += not (v == 0.0 or low <= v < high)
+    return odd == 0
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)

@@ -22,12 +22,9 @@ EXP_LOW, EXP_HIGH = -740.0, 705.0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def log_bits(bits):
-    """The natural log of a positive normal float32 given its bits (an int64), to 2e-15
-    relative: the exponent times ln 2, plus ``2 atanh(s)`` of the mantissa m in [0.7, 1.4)
-    (``s = (m-1)/(m+1)``, ``|s| < 0.172``), its series to s ** 17."""
-    e = ((bits >> 23) & 0xFF) - 127
-    m = 1.0 + (bits & 0x7FFFFF) * (1.0 / 8388608.0)
+def _log(e, m):
+    """``ln(m * 2 ** e)`` for m in [1, 2): the exponent times ln 2, plus ``2 atanh(s)`` of the
+    mantissa brought into [0.7, 1.4) (``s = (m-1)/(m+1)``, ``|s| < 0.172``), its series to s ** 17."""
     big = m > SQRT2
     m = m * 0.5 if big else m
     e = e + 1 if big else e
@@ -35,6 +32,20 @@ def log_bits(bits):
     z = s * s
     series = 1 / 9 + z * (1 / 11 + z * (1 / 13 + z * (1 / 15 + z / 17)))
     return e * LN2 + 2.0 * s * (1.0 + z * (1 / 3 + z * (1 / 5 + z * (1 / 7 + z * series))))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def log_bits(bits):
+    """The natural log of a positive normal float32 given its bits (an int64), to 2e-15
+    relative."""
+    return _log(((bits >> 23) & 0xFF) - 127, 1.0 + (bits & 0x7FFFFF) * (1.0 / 8388608.0))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def log_bits64(bits):
+    """The natural log of a positive normal float64 given its bits (an int64), to 2e-15
+    relative."""
+    return _log(((bits >> 52) & 0x7FF) - 1023, 1.0 + (bits & 0xFFFFFFFFFFFFF) * (1.0 / 4503599627370496.0))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
