@@ -89,14 +89,14 @@ def gem(x, p, eps):
 
     The usual powers 2 and 3 are float32 products, summed in float32 over chunks of
     :data:`CHUNK` values (in vector lanes: each lane adds a few dozen values) and the chunks'
-    sums in float64: about 1e-7 relative on random maps (the float32 result's own rounding), a few
-    1e-6 at worst, at
-    the speed of reading the map (blocks of 64 values were 1.5 times slower: each block's sum
-    across the vector lanes cost as much as adding the block). They stay normal numbers whenever ``eps >= 1e-12``; a channel whose sum is
-    not finite (an inf or NaN in it, or powers past float32's range) is summed again in float64,
-    which then decides. Any other p but 1 is ``exp(p * ln v)`` in float64 arithmetic
-    (:func:`_power_sum_exp`, 3e-14 relative, 8 times libm's ``pow``), where p and eps keep it in
-    range; else, and for p = 1, a float64 ``pow`` per element."""
+    sums in float64: about 1e-7 relative on random maps (the float32 result's own rounding), a
+    few 1e-6 at worst, at the speed of reading the map (blocks of 64 values were 1.5 times
+    slower: each block's sum across the vector lanes cost as much as adding the block). They
+    stay normal numbers whenever ``eps >= 1e-12``; a channel whose sum is not finite (an inf or
+    NaN in it, or powers past float32's range) is summed again in float64, which then decides.
+    Any other p but 1 is ``exp(p * ln v)`` in float64 arithmetic (:func:`_power_sum_exp`, 3e-14
+    relative, 8 times libm's ``pow``), where p and eps keep it in range; else, and for p = 1,
+    a float64 ``pow`` per element."""
     c = x.shape[0]
     planes = x.reshape(c, -1)
     n = planes.shape[1]
