@@ -139,12 +139,13 @@ def run(
     pipeline = _load(config)
     err = _stderr()
     unit = "shards" if engine is _Engine.ray else "images"
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress:
+    compiled = _CompiledKernels(err, enabled=engine is _Engine.local)
+    with _progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress, compiled:
         summary = run_pipeline(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
-    _report_run(err, summary)
+    _report_run(err, summary, compiled.count)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -178,12 +179,39 @@ class _progress:
             self.bar.stop()
 
 
-def _report_run(console, summary) -> None:
+class _CompiledKernels:
+    """Within the block, says so on stderr when kernels start compiling (a machine's first run
+    of a config, which is otherwise silent for tens of seconds), and counts them (``count``)."""
+
+    def __init__(self, console, enabled: bool):
+        self.console, self.enabled, self.count, self._notice = console, enabled, 0, None
+
+    def __enter__(self):
+        if self.enabled:
+            from poolcli.warmup import compile_notice, compiled_so_far
+
+            self._before = compiled_so_far()
+            self._notice = compile_notice(lambda: self.console.print(
+                "compiling kernels: the first run of this config on this machine takes tens of seconds "
+                "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
+            self._notice.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._notice is not None:
+            from poolcli.warmup import compiled_so_far
+
+            self._notice.__exit__(*exc)
+            self.count = compiled_so_far() - self._before
+
+
+def _report_run(console, summary, compiled: int = 0) -> None:
+    plural = "" if summary.written == 1 else "s"
     if summary.kind == "descriptors":
-        what = f"{summary.written} descriptors" + (f" of length {summary.dim}" if summary.dim else "")
+        what = f"{summary.written} descriptor{plural}" + (f" of length {summary.dim}" if summary.dim else "")
     else:
         shape = summary.map_shape
-        what = f"{summary.written} feature maps" + (
+        what = f"{summary.written} feature map{plural}" + (
             f" of shape {_shape(shape)}" if isinstance(shape, list) else " (their size follows each image's)" if shape else ""
         )
     if summary.processed == 0:
@@ -196,6 +224,8 @@ def _report_run(console, summary) -> None:
         extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
     if summary.shards_resumed and summary.processed:
         extras.append(f"resumed: {summary.shards_resumed} of {summary.shards} shards were already complete")
+    if compiled:
+        extras.append(f"{compiled} kernel{'s' if compiled > 1 else ''} compiled (cached for later runs)")
     console.print(line + ("; " + ", ".join(extras) if extras else ""), markup=False, emoji=False)
     for failure in summary.failures[:10]:
         console.print(f"  failed: {failure['path']} [{failure['stage']}]: {failure['error']}", style="yellow",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,6 +47,44 @@ def _counts(dispatchers) -> tuple[int, int]:
     hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
     misses = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
     return hits, misses
+
+
+def compiled_so_far() -> int:
+    """Kernel signatures this process has compiled so far (not loaded from the cache), over the
+    kernel modules it has imported (counting imports none)."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    modules = [module for name, module in list(sys.modules.items()) if name.startswith("poolcli.kernels.")]
+    dispatchers = [value for module in modules for value in vars(module).values() if isinstance(value, Dispatcher)]
+    return _counts(dispatchers)[1]
+
+
+@contextmanager
+def compile_notice(notify: Callable[[], None]):
+    """Within the block, ``notify()`` is called once, when Numba starts compiling a kernel (the
+    first run of a config on a machine: tens of seconds in which nothing else shows)."""
+    import poolcli.kernels  # noqa: F401  (before numba: it sets Numba's cache folder)
+    from numba.core import event
+
+    class Notice(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                notify()
+
+        def on_end(self, ev):
+            pass
+
+    listener = Notice()
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def cache_dir() -> str:

@@ -117,6 +117,26 @@ def test_a_warm_run_loads_its_kernels_without_numbas_registries(tmp_path):
     assert warm_values == cold_values
 
 
+def test_a_first_run_says_it_compiles_and_how_many(tmp_path):
+    """A machine's first run of a config compiles its kernels, tens of seconds without output
+    otherwise: the run says so when it starts compiling, and its summary counts them."""
+    config = tmp_path / "spoc.yaml"
+    config.write_text("stages: [{type: spoc}]\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(out):
+        command = [sys.executable, "-m", "poolcli", "run", str(config), str(REPO / "sample_images" / "camera.png"),
+                   "-o", str(tmp_path / out)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    first, second = run("first"), run("second")
+    assert first.startswith("compiling kernels: the first run of this config") and "`poolcli warmup CONFIG`" in first
+    assert "1 kernel compiled (cached for later runs)" in first
+    assert "compil" not in second and "wrote 1 descriptor of length 3 " in second
+
+
 def test_warmup_without_a_config_runs_every_stage_type():
     result = invoke("warmup", "--no-progress")
     assert result.exit_code == 0, result.output
