@@ -254,11 +254,13 @@ class Pipeline:
         if scale != 1:
             x = _rescale(scale)(x)
         values = {"input": x}
-        for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
-            out = _call_sized(costs[index], stage, *map(values.__getitem__, inputs))
-            values[name] = np.ascontiguousarray(out, dtype=np.float32)
-            for used in done:
-                del values[used]
+        with _StageThreads() as threads:
+            for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
+                threads.fit(costs[index])
+                out = stage(*map(values.__getitem__, inputs))
+                values[name] = np.ascontiguousarray(out, dtype=np.float32)
+                for used in done:
+                    del values[used]
         return values
 
     @functools.cached_property
@@ -307,15 +309,45 @@ class Pipeline:
 SERIAL_WORK = 500_000
 
 
-def _call_sized(work: int, function, *args):
-    """``function(*args)``, its kernels on one thread if ``work`` (multiply-adds or comparisons,
-    as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, else on the current number."""
-    if work >= SERIAL_WORK:  # the common case, first: it imports nothing and asks Numba nothing
-        return function(*args)
-    from poolcli.kernels import one_thread  # sets Numba's cache folder before numba is imported
+class _StageThreads:
+    """The kernels' threads over one pipeline call: one thread for a stage whose work (multiply-
+    adds or comparisons, as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, the
+    caller's number for the others, switched only where that changes and restored at the end
+    (switching costs 15 us; a pipeline of small stages would pay it at every stage). Nothing is
+    imported or asked of Numba until a small stage comes."""
 
-    with one_thread():
-        return function(*args)
+    def __init__(self):
+        self.saved = None  # the caller's number of threads, while one thread is set
+        self.single = False  # the caller runs kernels on one thread anyway
+
+    def __enter__(self) -> "_StageThreads":
+        return self
+
+    def fit(self, work: int) -> None:
+        """Set the threads for a stage of ``work``."""
+        if work >= SERIAL_WORK:
+            if self.saved is not None:
+                self._restore()
+        elif self.saved is None and not self.single:
+            import poolcli.kernels  # noqa: F401  (sets Numba's cache folder before numba is imported)
+            import numba
+
+            threads = numba.get_num_threads()
+            if threads == 1:
+                self.single = True
+            else:
+                numba.set_num_threads(1)
+                self.saved = threads
+
+    def _restore(self) -> None:
+        import numba
+
+        numba.set_num_threads(self.saved)
+        self.saved = None
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            self._restore()
 
 
 def _as_map(x: np.ndarray) -> np.ndarray:

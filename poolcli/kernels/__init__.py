@@ -10,7 +10,6 @@ everywhere and only a machine's first run compiles (``poolcli warmup`` does it a
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -160,19 +159,3 @@ def set_threads(threads: int | None) -> None:
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise PoolcliError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
     numba.set_num_threads(threads)
-
-
-@contextmanager
-def one_thread():
-    """Within the block, kernels run on one thread (small stages: see ``pipeline.SERIAL_WORK``)."""
-    import numba
-
-    threads = numba.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
