@@ -136,14 +136,20 @@ class Pipeline:
         With ``multiscale``, the stages are traced at every scale: the records of a scale other
         than 1 follow a ``rescale`` record and carry ``@scale`` in their names, and a last
         ``multiscale`` record combines the descriptors."""
+        return self._trace_scales(shape)[0]
+
+    def _trace_scales(self, shape: tuple[int, ...]) -> tuple[list[TraceRecord], tuple[tuple[int, ...], ...]]:
+        """:meth:`trace`'s records, and each stage's multiply-adds at each scale (one scale
+        without ``multiscale``)."""
         shape = tuple(int(s) for s in shape)
         if len(shape) == 2:
             shape = (self.input_channels, *shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ShapeError(f"an input shape is (C, H, W) with every size >= 1, got {shape}")
         if not self.config.multiscale:
-            return self._trace_at(shape, ReceptiveField())
-        records, lengths = [], {}
+            records = self._trace_at(shape, ReceptiveField())
+            return records, (tuple(record.macs for record in records),)
+        records, lengths, costs = [], {}, []
         for scale in self.config.multiscale:
             suffix, rf, scaled = "", ReceptiveField(), shape
             if scale != 1:
@@ -156,8 +162,10 @@ class Pipeline:
                 rf = resize.receptive_field(rf, shape)
                 records.append(TraceRecord("input" + suffix, "rescale", shape, scaled, 0, resize.macs(shape), rf,
                                            4 * math.prod(scaled)))
-            records.extend(self._trace_at(scaled, rf, suffix))
+            stages = self._trace_at(scaled, rf, suffix)
+            records.extend(stages)
             lengths[scale] = records[-1].out_shape
+            costs.append(tuple(record.macs for record in stages))
         first = self.config.multiscale[0]
         for scale, length in lengths.items():
             if length != lengths[first]:
@@ -169,7 +177,7 @@ class Pipeline:
         out = lengths[first]
         records.append(TraceRecord("multiscale", "multiscale", tuple(lengths.values()), out, 0,
                                    3 * len(lengths) * out[0], records[-1].receptive_field, 4 * out[0]))
-        return records
+        return records, tuple(costs)
 
     def _trace_at(self, shape: tuple[int, int, int], field: ReceptiveField, suffix: str = "") -> list[TraceRecord]:
         shapes = {"input": shape}
@@ -223,18 +231,13 @@ class Pipeline:
         return self._normalize(combined.astype(np.float32))
 
     def _fit(self, shape: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
-        """:meth:`trace` an input shape, and each stage's multiply-adds at each scale (one scale
-        without ``multiscale``), which decide how many threads a stage runs on. Once per input
-        shape: a run's images share few sizes, and tracing a long pipeline costs as much as
-        running it on a small map."""
-        self.trace(shape)
-        costs = []
-        for scale in self.config.multiscale or [1]:
-            scaled = shape if scale == 1 else _rescale(scale).output_shape(shape)
-            costs.append(tuple(record.macs for record in self._trace_at(scaled, ReceptiveField())))
+        """:meth:`trace` an input shape, giving each stage's multiply-adds at each scale, which
+        decide how many threads a stage runs on. Once per input shape: a run's images share few
+        sizes, and tracing a long pipeline costs as much as running it on a small map."""
+        costs = self._trace_scales(shape)[1]
         if len(self._fits) < 4096:
-            self._fits[shape] = tuple(costs)
-        return tuple(costs)
+            self._fits[shape] = costs
+        return costs
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every stage's output by name (``input``: the standardised input), before the output
