@@ -7,6 +7,7 @@ Heavy imports (numba, pyarrow, pydantic) happen inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -139,13 +140,14 @@ def run(
     pipeline = _load(config)
     err = _stderr()
     unit = "shards" if engine is _Engine.ray else "images"
-    compiled = _CompiledKernels(err, enabled=engine is _Engine.local)
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress, compiled:
+    compiled = _compile_watch(err) if engine is _Engine.local else None  # Ray's tasks compile elsewhere
+    with (_progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress,
+          compiled or contextlib.nullcontext()):
         summary = run_pipeline(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
-    _report_run(err, summary, compiled.count)
+    _report_run(err, summary, compiled.count if compiled else 0)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -179,30 +181,14 @@ class _progress:
             self.bar.stop()
 
 
-class _CompiledKernels:
-    """Within the block, says so on stderr when kernels start compiling (a machine's first run
-    of a config, which is otherwise silent for tens of seconds), and counts them (``count``)."""
+def _compile_watch(console):
+    """Says so on stderr when kernels start compiling (a machine's first run of a config, which is
+    otherwise silent for tens of seconds), and counts them."""
+    from poolcli.warmup import CompileWatch
 
-    def __init__(self, console, enabled: bool):
-        self.console, self.enabled, self.count, self._notice = console, enabled, 0, None
-
-    def __enter__(self):
-        if self.enabled:
-            from poolcli.warmup import compile_notice, compiled_so_far
-
-            self._before = compiled_so_far()
-            self._notice = compile_notice(lambda: self.console.print(
-                "compiling kernels: the first run of this config on this machine takes tens of seconds "
-                "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
-            self._notice.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._notice is not None:
-            from poolcli.warmup import compiled_so_far
-
-            self._notice.__exit__(*exc)
-            self.count = compiled_so_far() - self._before
+    return CompileWatch(lambda: console.print(
+        "compiling kernels: the first run of this config on this machine takes tens of seconds "
+        "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
 
 
 def _report_run(console, summary, compiled: int = 0) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,30 +60,40 @@ def compiled_so_far() -> int:
     return _counts(dispatchers)[1]
 
 
-@contextmanager
-def compile_notice(notify: Callable[[], None]):
+class CompileWatch:
     """Within the block, ``notify()`` is called once, when Numba starts compiling a kernel (the
-    first run of a config on a machine: tens of seconds in which nothing else shows)."""
-    import poolcli.kernels  # noqa: F401  (before numba: it sets Numba's cache folder)
-    from numba.core import event
+    first run of a config on a machine: tens of seconds in which nothing else shows); after it,
+    ``count`` is the number of kernel signatures compiled in the block."""
 
-    class Notice(event.Listener):
-        said = False
+    def __init__(self, notify: Callable[[], None]):
+        self.notify, self.count = notify, 0
 
-        def on_start(self, ev):
-            if not self.said:
-                self.said = True
-                notify()
+    def __enter__(self) -> "CompileWatch":
+        import poolcli.kernels  # noqa: F401  (before numba: it sets Numba's cache folder)
+        from numba.core import event
 
-        def on_end(self, ev):
-            pass
+        watch = self
 
-    listener = Notice()
-    event.register("numba:compile", listener)
-    try:
-        yield
-    finally:
-        event.unregister("numba:compile", listener)
+        class Notice(event.Listener):
+            said = False
+
+            def on_start(self, ev):
+                if not self.said:
+                    self.said = True
+                    watch.notify()
+
+            def on_end(self, ev):
+                pass
+
+        self._listener, self._before = Notice(), compiled_so_far()
+        event.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from numba.core import event
+
+        event.unregister("numba:compile", self._listener)
+        self.count = compiled_so_far() - self._before
 
 
 def cache_dir() -> str:
