@@ -68,6 +68,7 @@ def _power_sum64(plane, p, eps):
 
 CHUNK = 1024  # GeM's float32 partial sums: values per chunk
 
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")  # called, it runs 6x slower
 def _power_sum_exp(plane, bits, p, eps, ln_eps):
     """``sum(max(v, eps) ** p)`` as ``exp(p * ln v)`` in float64 (3e-14 relative). The caller

@@ -3,10 +3,10 @@
 Computed stably in float64: with ``m`` the window's maximum, ``sum e^(a - m) a / sum e^(a - m)``;
 the largest weight is 1, so nothing overflows whatever the values. The exponentials are
 :func:`poolcli.kernels.vecmath.exp_near`'s (3e-14, and they vectorise), their argument kept at
-``-740`` or above: a weight below ``e^-740`` is ``e^-740``, nothing beside the peak's 1. Infinities follow the
-limits of the formula: a NaN gives NaN; else a +inf takes all the weight and gives +inf; a -inf
-gets weight 0 (its ``0 * -inf`` term is left out); a window of -inf only gives -inf (equal
-values give that value).
+``-740`` or above: a weight below ``e^-740`` is ``e^-740``, nothing beside the peak's 1.
+Infinities follow the limits of the formula: a NaN gives NaN; else a +inf takes all the weight
+and gives +inf; a -inf gets weight 0 (its ``0 * -inf`` term is left out); a window of -inf only
+gives -inf (equal values give that value).
 """
 
 import numpy as np
