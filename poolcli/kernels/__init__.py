@@ -146,6 +146,10 @@ _start_numba()
 # Fast-math flags that keep NaN and inf semantics (no "nnan"/"ninf"): pooling pads with -inf
 # and must propagate NaN, yet reductions may still be vectorised and reassociated.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Every kernel also takes error_model="numpy": a float division by zero gives inf or NaN, as in
+# NumPy, instead of raising. Numba already compiles prange bodies so; outside them Python's
+# model checks every divisor, which keeps a loop with a division from vectorising (the roots of
+# GeM's 512 channel means took 10 us instead of 2.6).
 
 
 def set_threads(threads: int | None) -> None:

@@ -45,7 +45,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # --- the polyphase padded input ----------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _source(i, size, before, mode):
     """The index along an axis of ``size`` that padded index ``i`` reads (``before`` padding in
     front), or -1 where it is a zero; torch's padding modes (their pads never exceed the size)."""
@@ -61,7 +61,7 @@ def _source(i, size, before, mode):
     return s + size if s < 0 else s - size  # circular
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def pad_planes(x, pads, mode, stride, rows, cols, zeros):
     """(C, H, W) -> flat float32: for each channel, its ``sh * sw`` polyphase planes of ``rows x
     cols`` of the padded map (zeros past the padded size), then ``cols`` zeros of slack that the
@@ -90,7 +90,7 @@ def pad_planes(x, pads, mode, stride, rows, cols, zeros):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _pad_row(dst, row, inside, px, sw, left, w, padded_w, mode):
     """One row of a polyphase plane: padded columns ``j * sw + px`` of ``row`` (zeros for a row
     outside the map: ``inside`` False)."""
@@ -119,7 +119,7 @@ def _pad_row(dst, row, inside, px, sw, left, w, padded_w, mode):
 # --- the convolution ----------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _aligned_zeros(size):
     """float32 zeros (size,) starting on a cache line. Numba aligns arrays to 32 bytes only: half
     the time every 64-byte vector load and store of an accumulator row (``ROW``, a multiple of
@@ -130,7 +130,7 @@ def _aligned_zeros(size):
     return flat[first : first + size]
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
     """Valid grouped convolution of :func:`pad_planes` output.
 
@@ -178,7 +178,7 @@ def conv_planes(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _store_span(out_plane, acc_row, bias, p0, n, cols):
     """Write the span of ``n`` grid positions from ``p0`` of one output channel, plus its bias:
     each output row's positions in the span, less the dropped columns ``ox >= out_w``."""
@@ -194,7 +194,7 @@ def _store_span(out_plane, acc_row, bias, p0, n, cols):
         oy += 1
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
 def _accumulate_chunk(acc, w, s0, s1, s2, s3, n):
     """``acc[q * ROW + t] += sum_j w[q, j] * s_j[t]`` for ``t < n``: one pass of :func:`conv_planes`
     over a span, ``TAPS`` taps for ``OUT_BLOCK`` accumulator rows (the weights in registers)."""
@@ -220,7 +220,7 @@ def _accumulate_chunk(acc, w, s0, s1, s2, s3, n):
         a7[t] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols):
     """:func:`conv_planes` for few output channels per group (a blocked task would mostly compute
     zeros): one task per output channel and span, ``NARROW_TAPS`` taps per pass over its

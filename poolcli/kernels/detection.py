@@ -11,13 +11,13 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _max(a, b):
     """``max(a, b)``, NaN propagating from either side."""
     return a if (a > b) | np.isnan(a) else b
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def center_window(x, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): the value at each window's centre, ``(k - 1) // 2`` after its
     start along each axis; floor-mode windows (``out_hw`` from the caller)."""
@@ -33,7 +33,7 @@ def center_window(x, kernel, stride, out_hw):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def center_cross(x):
     """(C, H, W) -> (C, H, W): ``max(x[i, :]) + max(x[:, j])`` at every ``(i, j)``."""
     c, h, w = x.shape
@@ -60,7 +60,7 @@ def center_cross(x):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _scan_row(row, out_row, from_right, accumulate):
     """The running maximum along one row, started at its right end (``out[j] = max(row[j:])``)
     or its left end (``max(row[:j + 1])``); written to ``out_row`` or added to it."""
@@ -75,7 +75,7 @@ def _scan_row(row, out_row, from_right, accumulate):
             out_row[j] = best
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _scan_columns(plane, out, from_bottom, accumulate):
     """The running maximum down every column of one (H, W) plane, started at the bottom row
     (``out[i, j] = max(plane[i:, j])``) or the top row (``max(plane[:i + 1, j])``); written to
@@ -95,7 +95,7 @@ def _scan_columns(plane, out, from_bottom, accumulate):
                 target[j] = best[j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def corner_pool(x, from_bottom, from_right, cascade):
     """(C, H, W) -> (C, H, W): ``V(x) + H(x)``, or with ``cascade`` ``V(x + H(x)) + H(x + V(x))``.
 

@@ -9,7 +9,7 @@ from poolcli.kernels import FASTMATH
 ACTIVATIONS = ("none", "relu", "abs", "square", "sigmoid", "tanh", "sign_sqrt")
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _apply(v, code):
     if code == 1:
         if v > 0 or v != v:  # relu keeps NaN, as torch does
@@ -31,7 +31,7 @@ def _apply(v, code):
     return v
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def activate(x, code):
     """A new float32 array: ``fn(x)`` element-wise. Works on any C-contiguous shape."""
     flat = x.reshape(-1)
@@ -44,7 +44,7 @@ def activate(x, code):
     return out.reshape(x.shape)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def activate_inplace(x, code):
     """``x[...] = fn(x)``, for arrays a kernel has just produced."""
     flat = x.reshape(-1)

@@ -12,7 +12,7 @@ from numba import njit, prange
 ROWS = 8  # output rows per parallel task: their row buffer is allocated once
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _window_starts(sample, size, out_size, kernel, starts):
     """Fill ``starts`` (``out_size`` int64) with torch's window starts along one axis; every
     step in float32 (``sample`` is float32), truncated towards zero as torch's ``static_cast<int>``."""
@@ -24,7 +24,7 @@ def _window_starts(sample, size, out_size, kernel, starts):
     starts[out_size - 1] = size - kernel
 
 
-@njit(cache=True, nogil=True, inline="always")  # called, the kernel ran 1.9 times slower
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")  # called, the kernel ran 1.9 times slower
 def _max_row(plane, top, col_starts, kernel, column_max, window_max, out_row):
     """One output row: the maximum of the ``kernel`` windows at row ``top`` and each column start.
     The window rows' column maxima first, then their maxima over ``kernel[1]`` consecutive columns
@@ -47,7 +47,7 @@ def _max_row(plane, top, col_starts, kernel, column_max, window_max, out_row):
         out_row[j] = window_max[col_starts[j]]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def fractional_max_pool(x, samples, kernel, out_hw):
     """(C, H, W) -> (C, H', W'): the maximum of each fractional window; = torch
     ``fractional_max_pool2d`` with ``_random_samples[0, c] = (samples[c, 1], samples[c, 0])``.

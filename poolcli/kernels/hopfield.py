@@ -7,7 +7,7 @@ from numba import njit, prange
 from poolcli.kernels import FASTMATH
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _channel_max(row):
     """Max of one channel's values; NaN propagates."""
     best = -np.inf
@@ -19,7 +19,7 @@ def _channel_max(row):
     return best
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def _softmax_inplace(scores):
     """``scores`` -> softmax(scores), stably: the largest score is subtracted first."""
     top = scores.max()
@@ -31,7 +31,7 @@ def _softmax_inplace(scores):
         scores[p] /= total
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def hopfield_pool(x, beta, steps, query_max):
     """(C, H, W) C-contiguous -> (C,): ``steps`` updates ``xi = X^T softmax(beta X xi)`` where
     the rows of X (N x C) are the map's positions; xi starts at the mean pattern, or at the

@@ -19,12 +19,12 @@ import numpy as np
 from numba import njit, prange
 
 from poolcli.kernels import FASTMATH
-from poolcli.kernels.vecmath import EXP_HIGH, EXP_LOW, exp_near, log_bits, log_bits64
+from poolcli.kernels.vecmath import EXP_HIGH, EXP_LOW, exp_near, log_bits, root_range, roots
 
 ROWS = 8  # output rows per parallel task: their row buffer is allocated once
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _columns(offset, out_size, stride, size):
     """The output columns ``[lo, hi)`` whose tap ``j * stride + offset`` lies in ``[0, size)``."""
     lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
@@ -32,7 +32,7 @@ def _columns(offset, out_size, stride, size):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _first_tap(start, dilation):
     """The first in-bounds tap of a window starting at ``start`` (torch's initial argmax)."""
     while start < 0:
@@ -40,7 +40,7 @@ def _first_tap(start, dilation):
     return start
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _max_row(plane, i, kernel, stride, padding, dilation, out_row, index_row):
     """Output row ``i`` of max pooling over one (H, W) plane; ``index_row`` is None or receives
     the flat argmax ``h * W + w``. torch's rule: a tap wins if it is greater or NaN, so a NaN
@@ -74,14 +74,14 @@ def _max_row(plane, i, kernel, stride, padding, dilation, out_row, index_row):
                     chosen[n] = first + n * step if wins else chosen[n]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _buffer_size(width, out_size, kernel, stride, padding, dilation):
     """Length of a row buffer holding ``padding`` identity values, the ``width`` input columns,
     and identities up to the last column any window reads."""
     return max(padding + width, (out_size - 1) * stride + (kernel - 1) * dilation + 1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_row):
     """Output row ``i`` of max pooling, without indices: the window rows' column maxima into
     ``buffer`` (its padding already -inf), then each output's maximum over its columns. A tap wins
@@ -101,7 +101,7 @@ def _separable_max_row(plane, i, kernel, stride, padding, dilation, buffer, out_
     _max_columns(buffer, kernel[1], stride[1], dilation[1], out_row)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _max_columns(buffer, kernel, step, dilation, out_row):
     """``out_row[j]`` = the maximum of ``buffer[j * step + kj * dilation]`` over ``kj < kernel``
     (greater or NaN wins). Strides 1 and 2 are written as literals, which vectorise (a variable
@@ -130,7 +130,7 @@ def _max_columns(buffer, kernel, step, dilation, out_row):
                 out_row[j] = v if (v > out_row[j]) | np.isnan(v) else out_row[j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
     """(C, H, W) -> (C, H', W'): the maximum of each window, padding acting as -inf; = torch
     ``max_pool2d``.
@@ -154,7 +154,7 @@ def max_pool(x, kernel, stride, padding, dilation, out_hw, indices):
     return out
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
 def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums):
     """``sums[j]`` = the sum over output ``j``'s in-bounds window taps of the value (``term``
     0), its absolute value (1), its square (2) or ``|v| ** p`` (3: ``pow``; 4: ``exp(p ln |v|)``
@@ -195,7 +195,7 @@ def _separable_sum_row(plane, i, kernel, stride, padding, term, p, buffer, sums)
 EXP_POWERS = min(EXP_HIGH / 88.8, EXP_LOW / -88.1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _normal_or_zero(bits):
     """Whether every float32 of a row (given its bits) is zero or normal: no subnormal, inf or
     NaN, whose bits :func:`poolcli.kernels.vecmath.log_bits` cannot take."""
@@ -207,7 +207,7 @@ def _normal_or_zero(bits):
     return odd == 0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def _sum_columns(buffer, kernel, step, sums):
     """``sums[j]`` = the sum of ``buffer[j * step + kj]`` over ``kj < kernel``, as
     :func:`_max_columns` takes maxima."""
@@ -233,7 +233,7 @@ def _sum_columns(buffer, kernel, step, sums):
                 sums[j] += taps[j * step]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _window_counts(size, out_size, kernel, stride, padding, count_include_pad):
     """Per output position along one axis, torch's avg_pool2d divisor factor: the window clipped
     to the padded input (``count_include_pad``; in ceil mode it still stops at the padding), or
@@ -248,7 +248,7 @@ def _window_counts(size, out_size, kernel, stride, padding, count_include_pad):
     return counts
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_override):
     """(C, H, W) -> (C, H', W'): each window's sum over its in-bounds taps, divided by torch's
     divisor (``divisor_override`` when > 0); = torch ``avg_pool2d``."""
@@ -286,7 +286,7 @@ def avg_pool(x, kernel, stride, padding, out_hw, count_include_pad, divisor_over
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def lp_pool(x, p, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): ``(sum |x| ** p) ** (1 / p)`` over the in-bounds taps of each
     window (no padding), in float64 so that large ``p`` does not overflow. p = 1 and 2, the
@@ -295,8 +295,7 @@ def lp_pool(x, p, kernel, stride, out_hw):
     c, h, w = x.shape
     oh, ow = out_hw
     term = 1 if p == 1.0 else 2 if p == 2.0 else 4 if p < EXP_POWERS else 3
-    # the roots too, where ln(sum) / p stays in exp's domain and the sum is a normal float64
-    root_low, root_high = np.exp(max(EXP_LOW * p, -708.0)), np.exp(min(EXP_HIGH * p, 700.0))
+    root_low, root_high = root_range(p)
     size = _buffer_size(w, ow, kernel[1], stride[1], 0, 1)
     out = np.empty((c, oh, ow), np.float32)
     blocks = (oh + ROWS - 1) // ROWS
@@ -312,28 +311,15 @@ def lp_pool(x, p, kernel, stride, out_hw):
             elif p == 2.0:
                 for j in range(ow):
                     row[j] = np.sqrt(sums[j])
-            elif term == 4 and _within(sums, root_low, root_high):
-                magnitudes = sums.view(np.int64)
-                for j in range(ow):
-                    y = log_bits64(magnitudes[j]) / p  # a sum of 0 (bits 0) may leave exp's domain:
-                    root = exp_near(y if y > EXP_LOW else EXP_LOW)  # clamped, then not taken
-                    row[j] = root if sums[j] != 0 else 0.0
+            elif term == 4:
+                roots(sums, p, root_low, root_high, row)
             else:
                 for j in range(ow):
                     row[j] = sums[j] ** (1.0 / p)
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _within(sums, low, high):
-    """Whether every sum is 0 or in ``[low, high)`` (NaN and inf are not)."""
-    odd = 0
-    for v in sums:
-        odd += not (v == 0.0 or low <= v < high)
-    return odd == 0
-
-
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def adaptive_avg_pool(x, row_bins, col_bins):
     """(C, H, W) -> (C, n_h, n_w): the mean of each bin, accumulated in float64; = torch
     ``adaptive_avg_pool2d``. ``row_bins`` and ``col_bins`` are int64 ``(n, 2)`` arrays of
@@ -358,7 +344,7 @@ def adaptive_avg_pool(x, row_bins, col_bins):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def adaptive_max_pool(x, row_bins, col_bins):
     """(C, H, W) -> (C, n_h, n_w): the maximum of each bin, NaN propagating; = torch
     ``adaptive_max_pool2d``. Bins as in :func:`adaptive_avg_pool`, and computed the same way:
@@ -383,7 +369,7 @@ def adaptive_max_pool(x, row_bins, col_bins):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def pyramid_pool(x, row_bins, col_bins, sizes, take_max, row_sources, base):
     """(C, H, W) -> (C * sum(n ** 2),): spatial pyramid pooling, every level in one pass over the
     map. Level ``l`` is adaptive max (``take_max``) or average pooling to ``n x n``, ``n =

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _nearest_sources(in_size, out_size, scale):
     """ATen's ``nearest_idx``: the input index each output index copies."""
     sources = np.empty(out_size, np.int64)
@@ -27,7 +27,7 @@ def _nearest_sources(in_size, out_size, scale):
     return sources
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _linear_sources(in_size, out_size, scale):
     """ATen's ``compute_source_index_and_lambda`` (``align_corners=False``), in float32: for
     each output index, its two input indices and their weights."""
@@ -54,7 +54,7 @@ def _linear_sources(in_size, out_size, scale):
     return first, second, first_weight, second_weight
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def upsample_nearest(x, out_hw, scales):
     """(C, H, W) -> (C, H', W'): each output copies its nearest-rule source; = torch
     ``interpolate(mode="nearest")``."""
@@ -71,7 +71,7 @@ def upsample_nearest(x, out_hw, scales):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def upsample_bilinear(x, out_hw, scales):
     """(C, H, W) -> (C, H', W'): = torch ``interpolate(mode="bilinear", align_corners=False)``.
 

@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _region_max(plane, top, left, height, width):
     """Max of ``plane[top:top + height, left:left + width]``; NaN propagates."""
     best = -np.inf
@@ -19,7 +19,7 @@ def _region_max(plane, top, left, height, width):
     return best
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def rmac(x, regions, eps):
     """(C, H, W), regions int64 (R, 4) of (top, left, height, width) -> (C,):
     ``sum_r m_r / (||m_r|| + eps)`` with ``m_r`` the (C,) max of region r, in float64."""

@@ -19,7 +19,7 @@ from poolcli.kernels.vecmath import EXP_LOW, exp_near
 ROWS = 8  # output rows per parallel task: their scratch rows are allocated once
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
 def _taps(plane, r, kj, step, ow, vals):
     """``vals[j]`` = the tap at row ``r``, column ``j * step + kj``, in float64: a contiguous row
     for the loops that follow (strides 1 and 2 written as literals, which vectorise)."""
@@ -35,7 +35,7 @@ def _taps(plane, r, kj, step, ow, vals):
             vals[j] = taps[j * step]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
 def _soft_row(plane, i, kernel, stride, scratch, out_row):
     """Output row ``i``: the window maxima first, then the weighted sums, one tap at a time
     across the row (gathered into a contiguous row) so that the column loops vectorise.
@@ -67,7 +67,7 @@ def _soft_row(plane, i, kernel, stride, scratch, out_row):
         out_row[j] = weighted[j] / weights[j] if np.isfinite(m) else m
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def soft_pool(x, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): ``sum softmax(a) * a`` over each window."""
     c = x.shape[0]

@@ -14,13 +14,13 @@ from numba import njit, prange
 from poolcli.kernels import FASTMATH
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _clamp(v):
     """``max(v, 0)`` that keeps NaN (``NaN <= 0`` is false), as torch's clamp."""
     return 0.0 if v <= 0 else v
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def _eval_row(plane, i, kernel, stride, out_row):
     """Output row ``i``: ``sum a^2 / sum a`` per window, the expected value of the draw. Taps
     one at a time across the row, so that the column loop vectorises."""
@@ -46,7 +46,7 @@ def _eval_row(plane, i, kernel, stride, out_row):
             out_row[j] = squares[j] / total
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def stochastic_pool_eval(x, kernel, stride, out_hw):
     """(C, H, W) -> (C, H', W'): the probability-weighted average ``sum a^2 / sum a`` of each
     window (0 for an all-zero window), the test-time rule of Zeiler & Fergus."""
@@ -59,7 +59,7 @@ def stochastic_pool_eval(x, kernel, stride, out_hw):
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")  # called, the train kernel ran 1.2 times slower
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")  # called, the train kernel ran 1.2 times slower
 def _draw(plane, top, left, kernel, u):
     """One window's draw: the first element, row-major, with ``a > 0`` whose running sum of
     ``a`` reaches ``u * sum a``. The running sum repeats the total's additions in the same
@@ -82,7 +82,7 @@ def _draw(plane, top, left, kernel, u):
     return np.nan  # unreachable: the running sum ends at the total (see above)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def stochastic_pool_train(x, u, kernel, stride):
     """(C, H, W) -> (C, H', W'): per window, the element drawn with probability ``a_i / sum a``
     by inverting the cumulative sum at ``u[c, i, j] * sum a`` (``u``: float64 (C, H', W') in

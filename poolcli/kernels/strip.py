@@ -11,13 +11,13 @@ from numba import njit, prange
 from poolcli.kernels import FASTMATH
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _max(a, b):
     """``max(a, b)``, NaN propagating from either side."""
     return a if (a > b) | np.isnan(a) else b
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _sigmoid(v):
     """``1 / (1 + exp(-v))`` without overflow: ``exp`` only ever sees a non-positive number."""
     if v >= 0:
@@ -26,7 +26,7 @@ def _sigmoid(v):
     return e / (np.float32(1) + e)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def strip_pool(x, use_max, gate):
     """(C, H, W) -> (C, H, W): ``s = r[i] + q[j]`` with ``r`` the mean (``use_max``: maximum)
     of each row and ``q`` that of each column; the output is ``s``, or with ``gate``

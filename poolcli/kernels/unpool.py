@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def max_unpool(x, indices, out_hw):
     """(C, h, w) values and int64 (C, h, w) flat positions -> (C, H, W): zeros, with
     ``x[c, i, j]`` written at flat position ``indices[c, i, j]`` of plane ``c`` (``r * W + s``).
