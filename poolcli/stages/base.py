@@ -9,14 +9,16 @@ A stage is a small immutable model that holds validated parameters and calls a k
   prints.
 
 Multi-input stages (``inputs = "many"``) take several shapes and arrays instead of one.
-Kernels are imported inside ``__call__`` so that building and tracing a pipeline never
-imports numba.
+Kernels come from a :func:`kernel_module`, imported on first use, so that building and tracing
+a pipeline never imports numba.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
+import types
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +29,28 @@ from poolcli.config import Model, validate_model
 from poolcli.errors import ConfigError, ShapeError
 
 STAGES: dict[str, type["Stage"]] = {}
+
+
+class _LazyModule(types.ModuleType):
+    """A module imported on first use of one of its names, whose names it then copies in: each
+    later use is a plain module attribute. (An ``import`` inside ``__call__`` costs 5 us a call
+    right after a kernel has streamed a map through the caches: a tenth of a GeM.)"""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # doctest and inspect probe for __wrapped__ and the like
+            raise AttributeError(name)
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, name)
+
+
+def kernel_module(name: str) -> types.ModuleType:
+    """``poolcli.kernels.<name>``, imported when a stage first calls one of its kernels.
+
+    >>> kernel_module("pool").max_pool.__module__
+    'poolcli.kernels.pool'
+    """
+    return _LazyModule(f"poolcli.kernels.{name}")
 
 
 def register_stage(*names: str):

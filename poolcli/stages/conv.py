@@ -14,10 +14,12 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt, pair
 from poolcli.errors import ShapeError
-from poolcli.stages.base import Stage, register_stage
+from poolcli.stages.base import Stage, kernel_module, register_stage
 from poolcli.stages.elementwise import apply_activation
 from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, make_bank
 from poolcli.stages.geometry import Window, conv_padding, pooled_size
+
+kernels = kernel_module("conv")
 
 
 @dataclass(frozen=True, eq=False)
@@ -420,8 +422,6 @@ class Conv(Stage):
     # --- applying ------------------------------------------------------------------------------
 
     def __call__(self, x):
-        from poolcli.kernels.conv import conv2d
-
         out_c, out_h, out_w = self.output_shape(x.shape)
         pads = self._pads(*x.shape[1:])
         if not self._full and self.channels == "mean":
@@ -430,25 +430,28 @@ class Conv(Stage):
         # read-only arrays apart).
         x = np.require(x, np.float32, "CW")
         packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
-        out = conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
-                     self.groups_for(len(x)), (out_h, out_w), offsets)
+        out = kernels.conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
+                             self.groups_for(len(x)), (out_h, out_w), offsets)
         return apply_activation(out, self.activation, inplace=True)
 
     def _prepared(self, shape, pads):
         """What the kernel needs besides the map, kept between calls: the weights in its layout,
         their shape and the bias (per channel count), its tap offsets (per map size)."""
-        from poolcli.kernels.conv import pack_weights, plane_size, tap_offsets
-
         channels = shape[0]  # 1 after the channel mean
 
         def pack():
             weights = self.weights(channels)
             bias = np.zeros(len(weights), np.float32) if self._bias is None else self._bias.array
-            return pack_weights(weights, self.groups_for(channels)), weights.shape, np.require(bias, np.float32, "CW")
+            packed = kernels.pack_weights(weights, self.groups_for(channels))
+            return packed, weights.shape, np.require(bias, np.float32, "CW")
 
         packed, weight_shape, bias = self._derive(("weights", channels), pack)
-        offsets = self._derive(("offsets", tuple(shape), pads), lambda: tap_offsets(
-            weight_shape, self.groups_for(channels), self.stride, self.dilation, *plane_size(shape, pads, self.stride)))
+
+        def tap_offsets():
+            plane = kernels.plane_size(shape, pads, self.stride)
+            return kernels.tap_offsets(weight_shape, self.groups_for(channels), self.stride, self.dilation, *plane)
+
+        offsets = self._derive(("offsets", tuple(shape), pads), tap_offsets)
         return packed, weight_shape, offsets, bias
 
     def _derive(self, key, compute):

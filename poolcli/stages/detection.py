@@ -15,8 +15,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from poolcli.config import pair
-from poolcli.stages.base import GLOBAL, Stage, register_stage
+from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
 from poolcli.stages.geometry import Window
+
+kernels = kernel_module("detection")
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -80,13 +82,11 @@ class CenterPool(Stage):
         return rf.through((1, 1), self.window.stride)
 
     def __call__(self, x):
-        from poolcli.kernels.detection import center_cross, center_window
-
         x = _contiguous(x)
         if self.mode == "cross":
-            return center_cross(x)
+            return kernels.center_cross(x)
         w = self.window
-        return center_window(x, w.kernel, w.stride, w.output_hw(*x.shape[1:]))
+        return kernels.center_window(x, w.kernel, w.stride, w.output_hw(*x.shape[1:]))
 
 
 Corner = Literal["top_left", "bottom_right", "top_right", "bottom_left"]
@@ -138,8 +138,6 @@ class CornerPool(Stage):
         return GLOBAL  # the top-left output of top_left sees the whole map, and so on
 
     def __call__(self, x):
-        from poolcli.kernels.detection import corner_pool
-
         vertical, horizontal = self.corner.split("_")
         # TopPool looks down from each row, LeftPool right from each column.
-        return corner_pool(_contiguous(x), vertical == "top", horizontal == "left", self.cascade)
+        return kernels.corner_pool(_contiguous(x), vertical == "top", horizontal == "left", self.cascade)

@@ -6,22 +6,22 @@ from typing import Literal
 
 import numpy as np
 
-from poolcli.stages.base import Stage, register_stage
+from poolcli.stages.base import Stage, kernel_module, register_stage
+
+kernels = kernel_module("elementwise")
 
 Activation = Literal["none", "relu", "abs", "square", "sigmoid", "tanh", "sign_sqrt"]
 
 
 def apply_activation(x: np.ndarray, fn: str, inplace: bool = False) -> np.ndarray:
     """``fn`` applied element-wise; ``inplace`` only for arrays the caller owns."""
-    from poolcli.kernels.elementwise import ACTIVATIONS, activate, activate_inplace
-
     if fn == "none":
         return x if inplace else x.copy()
-    code = ACTIVATIONS.index(fn)
+    code = kernels.ACTIVATIONS.index(fn)
     if inplace:
-        activate_inplace(x, code)
+        kernels.activate_inplace(x, code)
         return x
-    return activate(x, code)
+    return kernels.activate(x, code)
 
 
 @register_stage("activation")

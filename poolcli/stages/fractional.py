@@ -10,7 +10,9 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from poolcli.config import pair
 from poolcli.errors import ShapeError
-from poolcli.stages.base import Stage, register_stage
+from poolcli.stages.base import Stage, kernel_module, register_stage
+
+kernels = kernel_module("fractional")
 
 
 def _is_number(value: Any) -> bool:
@@ -151,8 +153,6 @@ class FractionalMaxPool(Stage):
         return np.random.default_rng(self.seed).random((channels, 2), dtype=np.float32)
 
     def __call__(self, x):
-        from poolcli.kernels.fractional import fractional_max_pool
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         out_hw = self.out_hw(*x.shape[1:])
-        return fractional_max_pool(x, self.channel_samples(x.shape[0]), self.kernel_size, out_hw)
+        return kernels.fractional_max_pool(x, self.channel_samples(x.shape[0]), self.kernel_size, out_hw)

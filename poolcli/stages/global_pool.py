@@ -7,7 +7,9 @@ import math
 import numpy as np
 from pydantic import Field
 
-from poolcli.stages.base import GLOBAL, Stage, register_stage
+from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
+
+kernels = kernel_module("global_pool")
 
 
 class GlobalStage(Stage):
@@ -38,9 +40,7 @@ class GlobalAvgPool(GlobalStage):
     summary = "mean per channel (alias spoc): (C,H,W) -> (C,)"
 
     def __call__(self, x):
-        from poolcli.kernels.global_pool import global_avg_pool
-
-        return global_avg_pool(x)
+        return kernels.global_avg_pool(x)
 
 
 @register_stage("global_max_pool", "mac")
@@ -56,9 +56,7 @@ class GlobalMaxPool(GlobalStage):
     summary = "max per channel (alias mac): (C,H,W) -> (C,)"
 
     def __call__(self, x):
-        from poolcli.kernels.global_pool import global_max_pool
-
-        return global_max_pool(x)
+        return kernels.global_max_pool(x)
 
 
 @register_stage("gem")
@@ -80,9 +78,7 @@ class GeMPool(GlobalStage):
         return 2 * math.prod(shape)
 
     def __call__(self, x):
-        from poolcli.kernels.global_pool import gem
-
-        return gem(x, np.float64(self.p), np.float32(self.eps))
+        return kernels.gem(x, np.float64(self.p), np.float32(self.eps))
 
 
 @register_stage("flatten")

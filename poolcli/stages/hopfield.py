@@ -9,7 +9,9 @@ import numpy as np
 from pydantic import Field
 
 from poolcli.config import PositiveInt
-from poolcli.stages.base import GLOBAL, Stage, register_stage
+from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
+
+kernels = kernel_module("hopfield")
 
 
 @register_stage("hopfield_pool")
@@ -55,8 +57,6 @@ class HopfieldPool(Stage):
         return GLOBAL
 
     def __call__(self, x):
-        from poolcli.kernels.hopfield import hopfield_pool
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         beta = self.inverse_temperature(x.shape[0])
-        return hopfield_pool(x, np.float64(beta), self.steps, self.query == "max")
+        return kernels.hopfield_pool(x, np.float64(beta), self.steps, self.query == "max")

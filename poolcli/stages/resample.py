@@ -13,7 +13,9 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from poolcli.config import pair
 from poolcli.errors import ShapeError
-from poolcli.stages.base import ReceptiveField, Stage, register_stage
+from poolcli.stages.base import ReceptiveField, Stage, kernel_module, register_stage
+
+kernels = kernel_module("resample")
 
 
 def _scale_factor(value: Any) -> tuple[float, float]:
@@ -119,8 +121,6 @@ class Upsample(Stage):
         return ReceptiveField(size, jump)
 
     def __call__(self, x):
-        from poolcli.kernels.resample import upsample_bilinear, upsample_nearest
-
         x = np.ascontiguousarray(x, dtype=np.float32)
-        kernel = upsample_nearest if self.mode == "nearest" else upsample_bilinear
+        kernel = kernels.upsample_nearest if self.mode == "nearest" else kernels.upsample_bilinear
         return kernel(x, self.out_hw(*x.shape[1:]), self.scales(*x.shape[1:]))

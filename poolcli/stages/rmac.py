@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import Field
 
 from poolcli.config import PositiveInt
-from poolcli.stages.base import GLOBAL, Stage, register_stage
+from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
+
+kernels = kernel_module("rmac")
 
 _OVERLAP = np.float32(0.4)  # the overlap wanted between neighbouring regions
 _STEPS = np.arange(2, 8, dtype=np.float32)  # candidate numbers of regions along the long side
@@ -109,8 +111,6 @@ class RMAC(Stage):
         return GLOBAL
 
     def __call__(self, x):
-        from poolcli.kernels.rmac import rmac
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         regions = np.array(rmac_regions(x.shape[1], x.shape[2], self.levels), np.int64)
-        return rmac(x, regions, np.float64(self.eps))
+        return kernels.rmac(x, regions, np.float64(self.eps))

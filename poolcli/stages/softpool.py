@@ -6,8 +6,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from poolcli.stages.base import register_stage
+from poolcli.stages.base import kernel_module, register_stage
 from poolcli.stages.pool import WindowPool
+
+kernels = kernel_module("softpool")
 
 
 @register_stage("soft_pool")
@@ -38,8 +40,6 @@ class SoftPool(WindowPool):
         return 2 * super().macs(shape)  # a maximum pass, then an exponential and two sums per tap
 
     def __call__(self, x):
-        from poolcli.kernels.softpool import soft_pool
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         w = self.window
-        return soft_pool(x, w.kernel, w.stride, w.output_hw(*x.shape[1:]))
+        return kernels.soft_pool(x, w.kernel, w.stride, w.output_hw(*x.shape[1:]))

@@ -7,8 +7,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from poolcli.stages.base import register_stage
+from poolcli.stages.base import kernel_module, register_stage
 from poolcli.stages.pool import WindowPool
+
+kernels = kernel_module("stochastic")
 
 
 @register_stage("stochastic_pool")
@@ -50,11 +52,9 @@ class StochasticPool(WindowPool):
         return np.random.default_rng(self.seed).random(out_shape)
 
     def __call__(self, x):
-        from poolcli.kernels.stochastic import stochastic_pool_eval, stochastic_pool_train
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         w = self.window
         out_hw = w.output_hw(*x.shape[1:])
         if self.mode == "eval":
-            return stochastic_pool_eval(x, w.kernel, w.stride, out_hw)
-        return stochastic_pool_train(x, self.draws((x.shape[0], *out_hw)), w.kernel, w.stride)
+            return kernels.stochastic_pool_eval(x, w.kernel, w.stride, out_hw)
+        return kernels.stochastic_pool_train(x, self.draws((x.shape[0], *out_hw)), w.kernel, w.stride)

@@ -11,7 +11,9 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from poolcli.stages.base import GLOBAL, Stage, register_stage
+from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
+
+kernels = kernel_module("strip")
 
 
 @register_stage("strip_pool")
@@ -47,6 +49,4 @@ class StripPool(Stage):
         return GLOBAL  # the row and the column through a pixel span the whole map
 
     def __call__(self, x):
-        from poolcli.kernels.strip import strip_pool
-
-        return strip_pool(np.ascontiguousarray(x, dtype=np.float32), self.reduce == "max", self.fuse == "gate")
+        return kernels.strip_pool(np.ascontiguousarray(x, dtype=np.float32), self.reduce == "max", self.fuse == "gate")

@@ -11,8 +11,10 @@ from pydantic import Field, PrivateAttr
 
 from poolcli.config import pair
 from poolcli.errors import ConfigError, ShapeError
-from poolcli.stages.base import ReceptiveField, Stage, register_stage
+from poolcli.stages.base import ReceptiveField, Stage, kernel_module, register_stage
 from poolcli.stages.pool import MaxPool
+
+kernels = kernel_module("unpool")
 
 
 def _axis_reach(size: int, out: int, kernel: int, stride: int, pad: int, dilation: int):
@@ -172,9 +174,7 @@ class MaxUnpool(Stage):
         return ReceptiveField(rf.size, tuple(max(1, j // s) for j, s in zip(rf.jump, self.pool.window.stride)))
 
     def __call__(self, x, pool_input):
-        from poolcli.kernels.unpool import max_unpool
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         out_hw = self.output_shape(x.shape, pool_input.shape)[1:]
         _, indices = self.pool.pool_with_indices(pool_input)
-        return max_unpool(x, indices, out_hw)
+        return kernels.max_unpool(x, indices, out_hw)
