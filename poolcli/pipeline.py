@@ -65,7 +65,7 @@ class Pipeline:
         self.nodes = _build_nodes(config)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
-        self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> costs (_fit)
+        self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
         if config.multiscale and self.kind != "descriptors":
             raise ConfigError(
                 "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",
@@ -230,11 +230,13 @@ class Pipeline:
         combined = _signed_power(total / len(self.config.multiscale), 1.0 / power)
         return self._normalize(combined.astype(np.float32))
 
-    def _fit(self, shape: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
+    def _fit(self, shape: tuple[int, int, int]) -> tuple[tuple[int, ...] | None, ...]:
         """:meth:`trace` an input shape, giving each stage's multiply-adds at each scale, which
-        decide how many threads a stage runs on. Once per input shape: a run's images share few
+        decide how many threads a stage runs on (None for a scale where no needed stage is
+        small: all run on the caller's threads). Once per input shape: a run's images share few
         sizes, and tracing a long pipeline costs as much as running it on a small map."""
-        costs = self._trace_scales(shape)[1]
+        costs = tuple(None if all(scale[step[0]] >= SERIAL_WORK for step in self._steps) else scale
+                      for scale in self._trace_scales(shape)[1])
         if len(self._fits) < 4096:
             self._fits[shape] = costs
         return costs
@@ -246,24 +248,30 @@ class Pipeline:
         costs = tuple(record.macs for record in self._trace_at(x.shape, ReceptiveField()))
         return self._run(x, costs, keep_all=True)
 
-    def _run(self, x: np.ndarray, costs: tuple[int, ...], scale: float = 1.0,
+    def _run(self, x: np.ndarray, costs: tuple[int, ...] | None, scale: float = 1.0,
              keep_all: bool = False) -> dict[str, np.ndarray]:
         """The needed stages' outputs (every stage's with ``keep_all``) for a contiguous float32
-        map; ``costs``: each stage's multiply-adds. This is the path of every image, and between
-        two stages every step of Python runs with cold caches (the stage before has just
-        streamed a map through them): each step here is worth its cost."""
+        map; ``costs``: each stage's multiply-adds, or None when no stage is small. This is the
+        path of every image, and between two stages every step of Python runs with cold caches
+        (the stage before has just streamed a map through them): each step here is worth its
+        cost (a GeM of 512x32x32 takes 50 us, the Python around it 10-20 us)."""
         if self._mean_std is not None:
             x = self._standardize(x)
         if scale != 1:
             x = _rescale(scale)(x)
         values = {"input": x}
-        with _StageThreads() as threads:
+        threads = None if costs is None else _StageThreads()
+        try:
             for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
-                threads.fit(costs[index])
+                if threads is not None:
+                    threads.fit(costs[index])
                 out = stage(*map(values.__getitem__, inputs))
                 values[name] = np.ascontiguousarray(out, dtype=np.float32)
                 for used in done:
                     del values[used]
+        finally:
+            if threads is not None:
+                threads.restore()
         return values
 
     @functools.cached_property
@@ -323,14 +331,10 @@ class _StageThreads:
         self.saved = None  # the caller's number of threads, while one thread is set
         self.single = False  # the caller runs kernels on one thread anyway
 
-    def __enter__(self) -> "_StageThreads":
-        return self
-
     def fit(self, work: int) -> None:
         """Set the threads for a stage of ``work``."""
         if work >= SERIAL_WORK:
-            if self.saved is not None:
-                self._restore()
+            self.restore()
         elif self.saved is None and not self.single:
             import poolcli.kernels  # noqa: F401  (sets Numba's cache folder before numba is imported)
             import numba
@@ -342,15 +346,13 @@ class _StageThreads:
                 numba.set_num_threads(1)
                 self.saved = threads
 
-    def _restore(self) -> None:
-        import numba
-
-        numba.set_num_threads(self.saved)
-        self.saved = None
-
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
+        """Give the caller back its number of threads, if one thread is set."""
         if self.saved is not None:
-            self._restore()
+            import numba
+
+            numba.set_num_threads(self.saved)
+            self.saved = None
 
 
 def _as_map(x: np.ndarray) -> np.ndarray:
