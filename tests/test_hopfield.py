@@ -110,6 +110,7 @@ def test_shape_costs_and_trace():
     ({"beta": 0}, r"stages\[0\] \(hopfield_pool\)\.beta: must be > 0"),
     ({"beta": float("inf")}, r"\.beta: input should be a finite number"),
     ({"steps": 0}, r"stages\[0\] \(hopfield_pool\)\.steps: must be >= 1, got 0"),
+    ({"steps": 10**9}, r"\.steps: must be <= 1000, got 1000000000"),  # a run that would not end
     ({"steps": 1.5}, r"\.steps: input should be a valid integer"),
     ({"query": "min"}, r"\.query: must be one of 'mean' or 'max', got 'min'"),
     ({"temperature": 1}, r"unknown key 'temperature'"),
