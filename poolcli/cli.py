@@ -455,8 +455,8 @@ def schema() -> None:
 @app.command("fit-whiten")
 @cli_errors
 def fit_whiten(
-    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from."),
-    path: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P)."),
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from, or its fsspec URL."),
+    path: str = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P), or its URL."),
     dims: Optional[int] = typer.Option(None, "--dims", min=1, help="Components kept [default: every direction that varies]."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -505,7 +505,7 @@ def search(
 @app.command()
 @cli_errors
 def index(
-    out: Path = typer.Argument(..., metavar="OUT", help="A descriptors run folder."),
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     kind: str = typer.Option("flat", "--kind", help="flat (exact inner product) or hnsw (approximate)."),
 ) -> None:
     """Write a faiss index of OUT's descriptors to OUT/index/ (needs poolcli[faiss])."""

@@ -12,6 +12,7 @@ One Ray instance (2 CPUs) and one S3 server serve the whole module. Without ray,
 moto and s3fs, their tests skip.
 """
 
+import io
 import json
 import os
 import shutil
@@ -346,6 +347,36 @@ def test_a_run_on_s3_resumes_and_is_searched(tmp_path, images, config_file, buck
     assert [r["results"][0]["path"] for r in results] == [f"s3://{bucket}/images/img00.png",
                                                          meta.column("path")[meta.column("key").to_pylist().index(5)].as_py()]
     assert results[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_whitening_and_an_index_on_s3(tmp_path, images, config_file, bucket):
+    import s3fs
+
+    out = f"s3://{bucket}/out"
+    run(Pipeline.from_yaml(config_file), [f"s3://{bucket}/images"], out, shard_size=4)
+    run(Pipeline.from_yaml(config_file), [str(images)], tmp_path / "local", shard_size=4)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+
+    learnt = _cli("fit-whiten", out, "-o", f"s3://{bucket}/whiten.npz", "--dims", 2)
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout.strip() == f"s3://{bucket}/whiten.npz"
+    assert _cli("fit-whiten", tmp_path / "local", "-o", tmp_path / "whiten.npz", "--dims", 2).returncode == 0
+    remote, local = np.load(io.BytesIO(fs.cat_file(f"{bucket}/whiten.npz"))), np.load(tmp_path / "whiten.npz")
+    np.testing.assert_array_equal(remote["P"], local["P"])
+    whitened = {"stages": [*DESCRIPTOR["stages"], {"type": "whiten", "file": f"s3://{bucket}/whiten.npz"}]}
+    x = np.random.default_rng(0).random((3, 32, 40), np.float32)
+    np.testing.assert_array_equal(Pipeline.from_config(whitened)(x), Pipeline.from_config(
+        {"stages": [*DESCRIPTOR["stages"], {"type": "whiten", "file": str(tmp_path / "whiten.npz")}]})(x))
+
+    pytest.importorskip("faiss")
+    indexed = _cli("index", out)
+    assert indexed.returncode == 0, indexed.stderr
+    assert indexed.stdout.strip() == f"{out}/index/knn.index"
+    assert {k.rsplit("/", 1)[1] for k in fs.find(f"{bucket}/out/index")} == {"knn.index", "index.json"}
+    found = _cli("search", out, "--key", 5, "-k", 3, "--json")
+    assert found.returncode == 0 and "using the faiss index s3://" in found.stderr, found.stderr
+    hits = json.loads(found.stdout)[0]["results"]  # crops of the same photo may tie with row 5
+    assert 5 in [hit["key"] for hit in hits] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_the_ray_engine_reads_and_writes_s3(tmp_path, images, config_file, bucket, ray_instance):

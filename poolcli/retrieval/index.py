@@ -49,6 +49,7 @@ def import_faiss():
 def build_index(out: str | Path, kind: str = "flat") -> IndexSummary:
     """Write ``OUT/index/knn.index`` and ``index.json`` for the descriptors of run folder ``out``."""
     from poolcli.io.output import atomic_write, save_json
+    from poolcli.io.storage import as_path
 
     if kind not in KINDS:
         raise PoolcliError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -65,7 +66,7 @@ def build_index(out: str | Path, kind: str = "flat") -> IndexSummary:
         index.hnsw.efSearch = HNSW_EF_SEARCH
     for _, block in descriptors.blocks(ADD_BATCH):
         index.add(np.ascontiguousarray(normalize_rows(block)))
-    folder = Path(out) / "index"
+    folder = as_path(out) / "index"
     try:
         folder.mkdir(exist_ok=True)
         atomic_write(folder / INDEX_FILE, lambda f: f.write(faiss.serialize_index(index).tobytes()))
@@ -93,7 +94,8 @@ def search_index(descriptors: DescriptorSet, queries: np.ndarray, k: int):
         import faiss
     except ImportError:
         return None, "faiss is not installed: exact search (pip install 'poolcli[faiss]')"
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    data = (folder / INDEX_FILE).read_bytes()  # a local file or an object in a bucket
+    index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
     if info.get("kind") == "hnsw":
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     scores, rows = index.search(np.ascontiguousarray(normalize_rows(queries)), min(k, descriptors.rows))

@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt
 from poolcli.errors import ShapeError
+from poolcli.io.storage import is_url
 from poolcli.stages.base import Stage, register_stage
 from poolcli.stages.conv import HeldArray
 
@@ -26,12 +27,15 @@ NORM_EPS = 1e-6
 
 
 def read_whitening(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(m, P)`` from a whitening ``.npz``: ``m`` as float64 ``(D,)``, ``P`` as float64 ``(K, D)``.
+    """``(m, P)`` from a whitening ``.npz`` (a path or an fsspec URL): ``m`` as float64 ``(D,)``,
+    ``P`` as float64 ``(K, D)``.
 
     Raises ValueError with a one-line reason for a missing, unreadable or inconsistent file."""
-    path = Path(path)
+    from poolcli.io.storage import as_path, readable
+
+    path = as_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(readable(path), allow_pickle=False) as data:
             missing = [k for k in ("m", "P") if k not in data.files]
             if missing:
                 raise ValueError(
@@ -90,7 +94,8 @@ class Whiten(Stage):
     """
 
     summary = "learned PCA whitening from a .npz (file, dims), L2-normalised: (D,) -> (dims,)"
-    file: str = Field(description="the .npz with mean m and projection P (poolcli fit-whiten writes it)")
+    file: str = Field(description="the .npz with mean m and projection P (poolcli fit-whiten writes it): a path, "
+                                  "relative to the config's folder, or an fsspec URL")
     dims: PositiveInt | None = Field(None, description="components kept (the first, strongest); default all of P's rows")
     example: ClassVar[dict] = {"file": "whiten.npz", "dims": 2}
 
@@ -164,7 +169,9 @@ class Whiten(Stage):
         return whiten(x, self._mean.array, self._projection.array)
 
 
-def _resolve(value: str, info: ValidationInfo) -> Path:
+def _resolve(value: str, info: ValidationInfo) -> str | Path:
+    if is_url(value):
+        return value
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path((info.context or {}).get("base_dir", ".")) / path
