@@ -154,6 +154,7 @@ def test_global_pools_need_a_map():
 
 @pytest.mark.parametrize("raw, message", [
     ({"type": "gem", "p": 0}, r"stages\[0\] \(gem\)\.p: must be > 0"),
+    ({"type": "gem", "p": float("inf")}, r"\.p: input should be a finite number"),  # no max by GeM: use mac
     ({"type": "gem", "eps": -1}, r"\.eps: must be > 0"),
     ({"type": "gem", "q": 3}, r"unknown key 'q'"),
     ({"type": "spoc", "p": 3}, r"unknown key 'p'"),

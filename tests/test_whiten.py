@@ -122,6 +122,10 @@ def test_file_resolves_against_the_config_folder(rng, tmp_path):
     pipe = Pipeline.from_yaml(folder / "pipe.yaml")
     assert pipe.kind == "descriptors" and pipe.trace((3, 8, 8))[-1].out_shape == (2,)
     assert pipe.trace((3, 8, 8))[-1].params == 2 * 3 + 3
+    elsewhere = tmp_path / "elsewhere.yaml"  # a file:// URL is its absolute path, not under the config's folder
+    elsewhere.write_text(f"stages:\n  - {{type: gem}}\n  - {{type: whiten, file: '{(folder / 'w.npz').as_uri()}', dims: 2}}\n")
+    x = rng.random((3, 8, 8), dtype=np.float32)
+    np.testing.assert_array_equal(Pipeline.from_yaml(elsewhere)(x), pipe(x))
 
 
 @pytest.mark.parametrize("content, message", [

@@ -94,8 +94,10 @@ def search_index(descriptors: DescriptorSet, queries: np.ndarray, k: int):
         import faiss
     except ImportError:
         return None, "faiss is not installed: exact search (pip install 'poolcli[faiss]')"
-    data = (folder / INDEX_FILE).read_bytes()  # a local file or an object in a bucket
-    index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+    if isinstance(folder, Path):
+        index = faiss.read_index(str(folder / INDEX_FILE))  # no copy of the file's bytes beside it
+    else:  # an object in a bucket
+        index = faiss.deserialize_index(np.frombuffer((folder / INDEX_FILE).read_bytes(), np.uint8))
     if info.get("kind") == "hnsw":
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     scores, rows = index.search(np.ascontiguousarray(normalize_rows(queries)), min(k, descriptors.rows))

@@ -71,7 +71,7 @@ class GeMPool(GlobalStage):
     """
 
     summary = "generalized mean per channel, mean(clamp(x, eps)^p)^(1/p): (C,H,W) -> (C,)"
-    p: float = Field(3.0, gt=0, description="the power; 1 = average, large = max")
+    p: float = Field(3.0, gt=0, allow_inf_nan=False, description="the power; 1 = average, large = max")
     eps: float = Field(1e-6, gt=0, description="values are clamped to at least eps before the power")
 
     def macs(self, shape):

@@ -39,7 +39,7 @@ class HopfieldPool(Stage):
     beta: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="inverse temperature of the softmax; null: 1/sqrt(C)"
     )
-    steps: PositiveInt = Field(1, le=1000, description="number of update steps (a few reach the fixed point)")
+    steps: PositiveInt = Field(1, le=1000, description="number of update steps, at most 1000 (a few reach the fixed point)")
     query: Literal["mean", "max"] = Field("mean", description="the first state: the mean pattern or the max per channel")
 
     def inverse_temperature(self, channels: int) -> float:

@@ -210,7 +210,8 @@ OutputSize = Annotated[
 def _bins(size: int, bins: int) -> np.ndarray:
     """torch's adaptive bins along one axis as an int64 ``(bins, 2)`` array for the kernels,
     which only read it: one array per size, built once (building it took 20-40 us a call, 5%
-    of adaptive pooling a 64x256x256 map)."""
+    of adaptive pooling a 64x256x256 map). Shared, so never written to; it stays writable
+    because a read-only array is another type to Numba, which would compile every kernel again."""
     return np.array(adaptive_bins(size, bins), np.int64).reshape(bins, 2)
 
 

@@ -18,7 +18,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt
 from poolcli.errors import ShapeError
-from poolcli.io.storage import is_url
+from poolcli.io.storage import is_url, local_path
 from poolcli.stages.base import Stage, register_stage
 from poolcli.stages.conv import HeldArray
 
@@ -30,7 +30,8 @@ def read_whitening(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(m, P)`` from a whitening ``.npz`` (a path or an fsspec URL): ``m`` as float64 ``(D,)``,
     ``P`` as float64 ``(K, D)``.
 
-    Raises ValueError with a one-line reason for a missing, unreadable or inconsistent file."""
+    Raises ValueError with a one-line reason for a missing, unreadable or inconsistent file
+    (PoolcliError for a URL whose filesystem is not installed)."""
     from poolcli.io.storage import as_path, readable
 
     path = as_path(path)
@@ -170,6 +171,7 @@ class Whiten(Stage):
 
 
 def _resolve(value: str, info: ValidationInfo) -> str | Path:
+    value = local_path(value)  # file:///a/w.npz is the path /a/w.npz
     if is_url(value):
         return value
     path = Path(value).expanduser()
