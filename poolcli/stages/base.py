@@ -43,12 +43,17 @@ class _LazyModule(types.ModuleType):
         self.__dict__.update(module.__dict__)
         return getattr(module, name)
 
+    def __reduce__(self):  # pickled by name, as a module is: another process imports its own
+        return _LazyModule, (self.__name__,)
+
 
 def kernel_module(name: str) -> types.ModuleType:
     """``poolcli.kernels.<name>``, imported when a stage first calls one of its kernels.
 
     >>> kernel_module("pool").max_pool.__module__
     'poolcli.kernels.pool'
+    >>> import pickle; pickle.loads(pickle.dumps(kernel_module("pool"))).avg_pool.__name__
+    'avg_pool'
     """
     return _LazyModule(f"poolcli.kernels.{name}")
 
