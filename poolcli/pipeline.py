@@ -235,7 +235,7 @@ class Pipeline:
         decide how many threads a stage runs on (None for a scale where no needed stage is
         small: all run on the caller's threads). Once per input shape: a run's images share few
         sizes, and tracing a long pipeline costs as much as running it on a small map."""
-        costs = tuple(None if all(scale[step[0]] >= SERIAL_WORK for step in self._steps) else scale
+        costs = tuple(scale if any(_small(scale[step[0]]) for step in self._steps) else None
                       for scale in self._trace_scales(shape)[1])
         if len(self._fits) < 4096:
             self._fits[shape] = costs
@@ -320,6 +320,11 @@ class Pipeline:
 SERIAL_WORK = 500_000
 
 
+def _small(work: int) -> bool:
+    """Whether a stage of ``work`` runs on one thread (below :data:`SERIAL_WORK`)."""
+    return work < SERIAL_WORK
+
+
 class _StageThreads:
     """The kernels' threads over one pipeline call: one thread for a stage whose work (multiply-
     adds or comparisons, as ``Stage.macs`` counts them) is below :data:`SERIAL_WORK`, the
@@ -333,7 +338,7 @@ class _StageThreads:
 
     def fit(self, work: int) -> None:
         """Set the threads for a stage of ``work``."""
-        if work >= SERIAL_WORK:
+        if not _small(work):
             self.restore()
         elif self.saved is None and not self.single:
             import poolcli.kernels  # noqa: F401  (sets Numba's cache folder before numba is imported)
