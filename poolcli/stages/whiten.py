@@ -18,7 +18,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt
 from poolcli.errors import ShapeError
-from poolcli.io.storage import is_url, local_path
+from poolcli.io.storage import as_path, is_url, local_path, readable
 from poolcli.stages.base import Stage, register_stage
 from poolcli.stages.conv import HeldArray
 
@@ -32,8 +32,6 @@ def read_whitening(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises ValueError with a one-line reason for a missing, unreadable or inconsistent file
     (PoolcliError for a URL whose filesystem is not installed)."""
-    from poolcli.io.storage import as_path, readable
-
     path = as_path(path)
     try:
         with np.load(readable(path), allow_pickle=False) as data:
