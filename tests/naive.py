@@ -580,3 +580,72 @@ def whiten(x, mean, projection, eps=1e-6):
     y = [sum(float(p) * v for p, v in zip(row, x)) for row in projection]
     norm = math.sqrt(sum(v * v for v in y))
     return np.array([v / (norm + eps) for v in y], np.float32)
+
+
+# --- layers of trained networks -------------------------------------------------------------------
+
+
+def _at(array, index):
+    """``array`` read at ``index`` of the broadcast result: size-1 axes read 0, missing leading
+    axes are dropped (NumPy's broadcasting, written out)."""
+    array = np.asarray(array)
+    index = index[len(index) - array.ndim :]
+    return array[tuple(0 if n == 1 else i for n, i in zip(array.shape, index))]
+
+
+def arithmetic(op, *operands):
+    """``a op b`` (``op`` one of + - * /) element by element over the broadcast shape, in float32
+    as the stages compute; ``+`` of several operands sums them left to right."""
+    shape = np.broadcast_shapes(*(np.shape(a) for a in operands))
+    out = np.empty(shape, np.float32)
+    for index in np.ndindex(*shape):
+        value = np.float32(_at(operands[0], index))
+        for other in operands[1:]:
+            b = np.float32(_at(other, index))
+            with np.errstate(all="ignore"):
+                value = {"+": value + b, "-": value - b, "*": value * b, "/": value / b}[op]
+        out[index] = value
+    return out
+
+
+def batch_norm(x, weight, bias, mean, var, eps=1e-5):
+    out = np.empty(x.shape, np.float64)
+    for c in range(x.shape[0]):
+        out[c] = (x[c].astype(np.float64) - mean[c]) / math.sqrt(var[c] + eps) * weight[c] + bias[c]
+    return out
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Over the channels at each position of a map, over a vector's elements."""
+    if x.ndim == 1:
+        return layer_norm(x[:, None, None], weight, bias, eps)[:, 0, 0]
+    out = np.empty(x.shape, np.float64)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            v = [float(t) for t in x[:, i, j]]
+            mean = sum(v) / len(v)
+            var = sum((t - mean) ** 2 for t in v) / len(v)
+            for c, t in enumerate(v):
+                y = (t - mean) / math.sqrt(var + eps)
+                out[c, i, j] = y * (1 if weight is None else weight[c]) + (0 if bias is None else bias[c])
+    return out
+
+
+def softmax(x):
+    """Over the channels at each position of a map, over a vector's elements."""
+    if x.ndim == 1:
+        return softmax(x[:, None, None])[:, 0, 0]
+    out = np.empty(x.shape, np.float64)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            v = [float(t) for t in x[:, i, j]]
+            top = max(v)
+            e = [math.exp(t - top) for t in v]
+            for c in range(len(v)):
+                out[c, i, j] = e[c] / sum(e)
+    return out
+
+
+def linear(x, weight, bias=None):
+    return np.array([sum(float(w) * float(v) for w, v in zip(row, x)) + (0 if bias is None else float(bias[o]))
+                     for o, row in enumerate(weight)])
