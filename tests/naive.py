@@ -649,3 +649,62 @@ def softmax(x):
 def linear(x, weight, bias=None):
     return np.array([sum(float(w) * float(v) for w, v in zip(row, x)) + (0 if bias is None else float(bias[o]))
                      for o, row in enumerate(weight)])
+
+
+def resize(x, out_hw, scales, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"):
+    """ONNX Resize of a (C, H, W) map, output by output, from the operator's definition: each
+    output index maps to an input coordinate (in float32, as onnxruntime computes it), which
+    nearest rounds and linear interpolates, reading the edge past the map."""
+    f = np.float32
+
+    def coordinate(i, out, size, s):
+        i, s = f(i), f(s)
+        if s == 1:  # onnxruntime copies an axis of scale 1, whatever the mode
+            return i
+        if coordinate_mode == "asymmetric":
+            return i / s
+        if coordinate_mode == "align_corners":
+            return f(0) if out == 1 else i * f(size - 1) / f(out - 1)
+        if coordinate_mode == "pytorch_half_pixel":
+            return (i + f(0.5)) / s - f(0.5) if out > 1 else f(0)
+        if coordinate_mode == "tf_half_pixel_for_nn":
+            return (i + f(0.5)) / s
+        if coordinate_mode == "half_pixel_symmetric":  # onnxruntime: the offset in float32, the rest in float64
+            offset = f(size) / f(2) * (f(1) - f(out) / (s * f(size)))
+            return f(float(offset) + (float(i) + 0.5) / float(s) - 0.5)
+        return (i + f(0.5)) / s - f(0.5)
+
+    def nearest(c, size):
+        c = float(c)
+        below = math.floor(c)
+        if c == below:
+            index = below
+        elif nearest_mode == "floor":
+            index = below
+        elif nearest_mode == "ceil":
+            index = below + 1
+        elif nearest_mode == "round_prefer_ceil":
+            index = below if c - below < 0.5 else below + 1
+        else:
+            index = below if c - below <= 0.5 else below + 1
+        return min(max(index, 0), size - 1)
+
+    def taps(c, size):
+        c = min(max(float(c), 0.0), size - 1.0)
+        first = min(int(c), size - 1)
+        second = min(first + 1, size - 1)
+        return [(first, 1 - (c - first)), (second, c - first)]
+
+    (_, h, w), (oh, ow) = x.shape, out_hw
+    out = np.zeros((x.shape[0], oh, ow))
+    for i in range(oh):
+        cy = coordinate(i, oh, h, scales[0])
+        for j in range(ow):
+            cx = coordinate(j, ow, w, scales[1])
+            if mode == "nearest":
+                out[:, i, j] = x[:, nearest(cy, h), nearest(cx, w)]
+            else:
+                for a, wa in taps(cy, h):
+                    for b, wb in taps(cx, w):
+                        out[:, i, j] += wa * wb * x[:, a, b].astype(np.float64)
+    return out

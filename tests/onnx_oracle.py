@@ -19,13 +19,13 @@ def run_node(op: str, inputs: list, constants: dict | None = None, opset: int = 
              **attributes):
     """The output of one ONNX node ``op`` with ``attributes`` (a list of ``outputs`` arrays where
     it has several): ``inputs`` are float32 arrays fed as graph inputs, in order; ``constants``
-    (name -> array) are initializers named after them, in the node's input list (a name of ""
+    (name -> array) are initializers named after them, in the node's input list (a value of None
     leaves an optional input out)."""
     constants = constants or {}
     feeds = {f"x{i}": np.ascontiguousarray(a, np.float32) for i, a in enumerate(inputs)}
-    names = [*feeds, *constants]
+    names = [*feeds, *(n if a is not None else "" for n, a in constants.items())]
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in feeds.items()]
-    initializers = [numpy_helper.from_array(np.asarray(a), n) for n, a in constants.items() if n]
+    initializers = [numpy_helper.from_array(np.asarray(a), n) for n, a in constants.items() if a is not None]
     results = [f"y{i}" for i in range(outputs)]
     node = helper.make_node(op, names, results, **attributes)
     graph = helper.make_graph([node], "one", graph_inputs,
