@@ -708,3 +708,36 @@ def resize(x, out_hw, scales, mode="nearest", coordinate_mode="half_pixel", near
                     for b, wb in taps(cx, w):
                         out[:, i, j] += wa * wb * x[:, a, b].astype(np.float64)
     return out
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """torch conv_transpose2d by its definition, in float64: input pixel (c, i, j) adds
+    ``x * weight[c, o]`` at rows ``i * sh + a * dh - top`` and columns ``j * sw + b * dw - left``
+    of output channel ``g * O/groups + o``; ``padding``: int, (ph, pw) or (top, left, bottom,
+    right) as ONNX's pads."""
+    weight = np.asarray(weight, np.float64)
+    c_in, per_group_out, kh, kw = weight.shape
+    (sh, sw), (dh, dw), (oph, opw) = _pair(stride), _pair(dilation), _pair(output_padding)
+    if isinstance(padding, int):
+        padding = (padding,) * 4
+    elif len(padding) == 2:
+        padding = (padding[0], padding[1], padding[0], padding[1])
+    top, left, bottom, right = padding
+    _, h, w = x.shape
+    oh = (h - 1) * sh - top - bottom + dh * (kh - 1) + oph + 1
+    ow = (w - 1) * sw - left - right + dw * (kw - 1) + opw + 1
+    out = np.zeros((per_group_out * groups, oh, ow))
+    per_group_in = c_in // groups
+    for c in range(c_in):
+        g = c // per_group_in
+        for i in range(h):
+            for j in range(w):
+                for o in range(per_group_out):
+                    for a in range(kh):
+                        for b in range(kw):
+                            r, s = i * sh + a * dh - top, j * sw + b * dw - left
+                            if 0 <= r < oh and 0 <= s < ow:
+                                out[g * per_group_out + o, r, s] += float(x[c, i, j]) * weight[c, o, a, b]
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[:, None, None]
+    return out
