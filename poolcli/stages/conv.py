@@ -517,6 +517,13 @@ class ConvTranspose(Stage):
                                  f"along {axis} for stride {s} and dilation {d}")
         return self
 
+    @classmethod
+    def example_call(cls, params: dict, x: np.ndarray):
+        """The example on ``x`` (see :func:`poolcli.explain.example_call`): its one filter for each
+        input channel, summed into one output."""
+        params = {**params, "filters": params["filters"] * x.shape[0]}
+        return params, cls.model_validate(params), (x,)
+
     @property
     def out_channels(self) -> int:
         return self._weights.array.shape[1] * self.groups
