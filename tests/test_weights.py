@@ -181,3 +181,16 @@ def test_residual_errors():
     with pytest.raises(ShapeError, match=r"stage 'c' \(conv\): the residual 'a' has shape \(3, 8, 8\), the conv's "
                                          r"output \(2, 6, 6\)"):
         pipe.trace((3, 8, 8))
+
+
+@pytest.mark.parametrize("channels, outputs, stride, size", [(1, 1, 1, (1, 1)), (7, 3, 2, (9, 8)), (64, 33, 1, (5, 7)),
+                                                             (5, 16, (2, 3), (1, 10))])
+def test_pointwise_conv_equals_naive(channels, outputs, stride, size, rng):
+    """1x1 convs without padding take a matrix product instead of the conv kernel."""
+    w = rng.standard_normal((outputs, channels, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(outputs).astype(np.float32)
+    x = rng.standard_normal((channels, *size)).astype(np.float32)
+    stage = layers.stage("conv", {"w": w, "b": b}, filters="w", bias="b", stride=stride, activation="relu")
+    want = np.maximum(naive.conv2d(x, w, b, stride=stride), 0)
+    assert stage.output_shape(x.shape) == want.shape
+    close(stage(x), want)

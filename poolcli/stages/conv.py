@@ -407,13 +407,30 @@ class Conv(Stage):
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
         # read-only arrays apart).
-        x = np.require(x, np.float32, "CW")
-        packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
-        out = kernels.conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
-                             self.groups_for(len(x)), (out_h, out_w), offsets)
+        if self._weights is not None and self.kernel == (1, 1) and self.groups == 1 and pads == (0, 0, 0, 0):
+            out = self._pointwise(x, out_h, out_w)
+        else:
+            x = np.require(x, np.float32, "CW")
+            packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
+            out = kernels.conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
+                                 self.groups_for(len(x)), (out_h, out_w), offsets)
         if residual is not None:
             np.add(out, residual, out=out)
         return self.activation.apply(out, inplace=True)
+
+    def _pointwise(self, x, out_h, out_w):
+        """A 1x1 convolution without padding or groups: one matrix product (O, C) @ (C, H'W') of
+        the map (every stride-th pixel), which BLAS's sgemm computes 1.1x to 3x faster than the
+        conv kernel (in-process A/B, 2 threads, C -> O at H x W: 256 -> 64 at 128x128 7.4 -> 4.9
+        ms; 1024 -> 256 at 32x32 6.5 -> 3.3 ms; 2048 -> 512 at 16x16 9.1 -> 3.1 ms)."""
+        weights = self._weights.array
+        if self.stride != (1, 1):
+            x = x[:, :: self.stride[0], :: self.stride[1]]
+        columns = np.ascontiguousarray(x, np.float32).reshape(x.shape[0], -1)
+        out = np.matmul(weights.reshape(weights.shape[0], -1), columns)
+        if self._bias is not None:
+            out += self._bias.array[:, None]
+        return out.reshape(len(weights), out_h, out_w)
 
     def _prepared(self, shape, pads):
         """What the kernel needs besides the map, kept between calls: the weights in its layout,
