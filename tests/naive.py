@@ -741,3 +741,35 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     if bias is not None:
         out += np.asarray(bias, np.float64)[:, None, None]
     return out
+
+
+def onnx_pool(x, kind, kernel, stride, pads, ceil_mode=False, count_include_pad=False, dilation=1):
+    """ONNX MaxPool / AveragePool with pads (top, left, bottom, right), output by output: the
+    output size is torch's rule with the two pads (in ceil mode a last window must start inside
+    the input or the top/left pad); max over the taps inside the map; the mean divides by the
+    taps inside the map, or inside the padded map with ``count_include_pad``."""
+    (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
+    top, left, bottom, right = pads
+    _, h, w = x.shape
+
+    def size(n, k, s, d, before, after):
+        fraction = (n + before + after - ((k - 1) * d + 1)) / s
+        out = int(np.ceil(fraction) if ceil_mode else np.floor(fraction)) + 1
+        if ceil_mode and (out - 1) * s >= n + before:
+            out -= 1
+        return out
+
+    oh, ow = size(h, kh, sh, dh, top, bottom), size(w, kw, sw, dw, left, right)
+    out = np.zeros((x.shape[0], oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            taps = [(i * sh - top + a * dh, j * sw - left + b * dw) for a in range(kh) for b in range(kw)]
+            inside = [(r, c) for r, c in taps if 0 <= r < h and 0 <= c < w]
+            padded = [(r, c) for r, c in taps if -top <= r < h + bottom and -left <= c < w + right]
+            for k in range(x.shape[0]):
+                values = [float(x[k, r, c]) for r, c in inside]
+                if kind == "max":
+                    out[k, i, j] = max(values) if values else -math.inf
+                else:
+                    out[k, i, j] = sum(values) / len(padded if count_include_pad else inside)
+    return out

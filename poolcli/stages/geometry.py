@@ -61,16 +61,17 @@ class Window:
         return tuple(sizes)
 
 
-def pooled_size(size: int, span: int, stride: int, pad: int, ceil_mode: bool) -> int:
+def pooled_size(size: int, span: int, stride: int, pad: int, ceil_mode: bool, pad_after: int | None = None) -> int:
     """PyTorch's ``pooling_output_shape``: in ceil mode the last window must start inside the
-    input or the left padding.
+    input or the left padding. ``pad_after`` (default ``pad``) is the padding at the end, for
+    ONNX's asymmetric pads.
 
     Examples
     --------
-    >>> pooled_size(5, 2, 2, 0, False), pooled_size(5, 2, 2, 0, True)
-    (2, 3)
+    >>> pooled_size(5, 2, 2, 0, False), pooled_size(5, 2, 2, 0, True), pooled_size(5, 3, 2, 0, True, 1)
+    (2, 3, 2)
     """
-    numerator = size + 2 * pad - span + ((stride - 1) if ceil_mode else 0)
+    numerator = size + pad + (pad if pad_after is None else pad_after) - span + ((stride - 1) if ceil_mode else 0)
     out = numerator // stride + 1
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1

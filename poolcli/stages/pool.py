@@ -15,9 +15,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
-from poolcli.config import PositiveInt, pair
+from poolcli.config import PositiveInt, padding_spec, pair
 from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
-from poolcli.stages.geometry import Window, adaptive_bins
+from poolcli.errors import ShapeError
+from poolcli.stages.geometry import Window, adaptive_bins, axis_padding, pooled_size
 
 kernels = kernel_module("pool")
 
@@ -43,25 +44,61 @@ class WindowPool(Stage):
 
     @property
     def window(self) -> Window:
-        # Stages without a padding or dilation parameter have torch's defaults for them.
-        return Window.of(
-            self.kernel_size,
-            self.stride,
-            getattr(self, "padding", (0, 0)),
-            getattr(self, "dilation", (1, 1)),
-            self.ceil_mode,
-        )
+        # Stages without a padding or dilation parameter have torch's defaults for them; ONNX's
+        # pads (four numbers, same_upper, same_lower) are in pads(), the window has the top and left.
+        padding = getattr(self, "padding", (0, 0))
+        if isinstance(padding, str):
+            padding = (0, 0)
+        return Window.of(self.kernel_size, self.stride, padding[:2], getattr(self, "dilation", (1, 1)), self.ceil_mode)
 
     @model_validator(mode="after")
     def _padding_fits(self):
+        padding = getattr(self, "padding", (0, 0))
+        if isinstance(padding, str):
+            return self
+        if len(padding) == 4:  # ONNX's pads: each smaller than the window
+            for axis, before, after, span in zip("hw", padding[:2], padding[2:], self.window.effective):
+                if max(before, after) >= span:
+                    raise ValueError(f"padding must be smaller than the (dilated) kernel on each side, got {max(before, after)} "
+                                     f"for a kernel of {span} along {axis}")
+            return self
         message = self.window.check_padding()
         if message:
             raise ValueError(message)
         return self
 
+    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) for a map of ``height x width``: torch's symmetric padding,
+        ONNX's four pads, or its same_upper / same_lower."""
+        padding = getattr(self, "padding", (0, 0))
+        window = self.window
+        (top, bottom), (left, right) = (
+            axis_padding(padding, axis, size, window.kernel[axis], window.stride[axis], window.dilation[axis])
+            for axis, size in ((0, height), (1, width))
+        )
+        return top, bottom, left, right
+
+    def out_hw(self, height: int, width: int) -> tuple[int, int]:
+        """The output (H', W'); ShapeError where the window cannot fit."""
+        padding = getattr(self, "padding", (0, 0))
+        if not (isinstance(padding, str) or len(padding) == 4):
+            return self.window.output_hw(height, width)
+        top, bottom, left, right = self.pads(height, width)
+        window = self.window
+        ceil_mode = self.ceil_mode and not isinstance(padding, str)  # auto_pad fixes the output size
+        sizes = tuple(
+            pooled_size(n, span, s, before, ceil_mode, after)
+            for n, span, s, before, after in zip((height, width), window.effective, window.stride, (top, left),
+                                                 (bottom, right))
+        )
+        if min(sizes) < 1:
+            raise ShapeError(f"a {window.kernel[0]}x{window.kernel[1]} window does not fit a {height}x{width} map "
+                             f"padded by {top},{bottom} (rows) and {left},{right} (columns)")
+        return sizes
+
     def output_shape(self, shape):
         channels, height, width = self.expect_map(shape)
-        return (channels, *self.window.output_hw(height, width))
+        return (channels, *self.out_hw(height, width))
 
     def macs(self, shape):
         kh, kw = self.kernel_size
@@ -75,8 +112,13 @@ def _padding_field():
     return Field(
         0,
         validate_default=True,
-        description="implicit padding on both sides: an int or [ph, pw]; at most half the (dilated) kernel",
+        description="an int or [ph, pw] on both sides (at most half the (dilated) kernel, as torch), or ONNX's "
+        "[top, left, bottom, right] (each smaller than the kernel), same_upper or same_lower (output ceil(size / "
+        "stride), the extra pad after or before)",
     )
+
+
+PoolPadding = padding_spec(("same_upper", "same_lower"))
 
 
 @register_stage("max_pool")
@@ -94,24 +136,26 @@ class MaxPool(WindowPool):
 
     summary = "maximum over sliding windows (kernel_size, stride, padding, dilation, ceil_mode) = torch max_pool2d"
     example: ClassVar[dict] = {"kernel_size": 2, "stride": 2}
-    padding: pair(0) = _padding_field()
+    padding: PoolPadding = _padding_field()
     dilation: pair(1) = Field(1, validate_default=True, description="spacing between kernel taps: an int or [dh, dw]")
 
     def pool_with_indices(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pooled map and, for each output, the flat index ``h * W + w`` of its maximum in
         the input plane (int64, torch's ``return_indices``), as ``max_unpool`` needs them."""
         x = _contiguous(x)
-        out_hw = self.window.output_hw(*x.shape[1:])
+        out_hw = self.out_hw(*x.shape[1:])
         indices = np.empty((x.shape[0], *out_hw), np.int64)
         return self._pool(x, out_hw, indices), indices
 
     def __call__(self, x):
         x = _contiguous(x)
-        return self._pool(x, self.window.output_hw(*x.shape[1:]), None)
+        return self._pool(x, self.out_hw(*x.shape[1:]), None)
 
     def _pool(self, x, out_hw, indices):
+        # The kernel takes the top and left padding; the output size sets the bottom and right.
         w = self.window
-        return kernels.max_pool(x, w.kernel, w.stride, w.padding, w.dilation, out_hw, indices)
+        top, _, left, _ = self.pads(*x.shape[1:])
+        return kernels.max_pool(x, w.kernel, w.stride, (top, left), w.dilation, out_hw, indices)
 
 
 @register_stage("avg_pool")
@@ -133,16 +177,33 @@ class AvgPool(WindowPool):
         "divisor_override) = torch avg_pool2d"
     )
     example: ClassVar[dict] = {"kernel_size": 3, "stride": 1, "padding": 1, "count_include_pad": False}
-    padding: pair(0) = _padding_field()
+    padding: PoolPadding = _padding_field()
     count_include_pad: bool = Field(True, strict=True, description="count padded taps in the divisor")
     divisor_override: PositiveInt | None = Field(None, description="divide every window sum by this instead")
 
     def __call__(self, x):
         x = _contiguous(x)
         w = self.window
-        out_hw = w.output_hw(*x.shape[1:])
-        return kernels.avg_pool(x, w.kernel, w.stride, w.padding, out_hw, self.count_include_pad,
-                                self.divisor_override or 0)
+        _, height, width = x.shape
+        out_hw = self.out_hw(height, width)
+        top, bottom, left, right = self.pads(height, width)
+        if (top, left) == (bottom, right) or self.divisor_override:
+            return kernels.avg_pool(x, w.kernel, w.stride, (top, left), out_hw, self.count_include_pad,
+                                    self.divisor_override or 0)
+        # Asymmetric pads (ONNX): the window sums, then ONNX's divisors (taps inside the input, or
+        # inside the padded map with count_include_pad).
+        sums = kernels.avg_pool(x, w.kernel, w.stride, (top, left), out_hw, True, 1)
+        rows = _tap_counts(height, out_hw[0], w.kernel[0], w.stride[0], top, bottom, self.count_include_pad)
+        cols = _tap_counts(width, out_hw[1], w.kernel[1], w.stride[1], left, right, self.count_include_pad)
+        return sums / np.outer(rows, cols).astype(np.float32)
+
+
+def _tap_counts(size: int, out: int, kernel: int, stride: int, before: int, after: int, include_pad: bool):
+    """Per output along one axis: its window's taps inside ``[0, size)``, or inside the padded
+    ``[-before, size + after)`` with ``include_pad``."""
+    start = np.arange(out) * stride - before
+    low, high = (-before, size + after) if include_pad else (0, size)
+    return np.minimum(start + kernel, high) - np.maximum(start, low)
 
 
 @register_stage("lp_pool")
