@@ -449,6 +449,110 @@ def test_whiten(data):
     assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
+# --- layers of trained networks -------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(maps(magnitude=1e15), st.sampled_from(["leaky_relu", "elu", "clip", "hard_sigmoid", "hard_swish", "silu", "gelu",
+                                               "gelu_tanh", "erf", "exp", "softplus", "prelu"]))
+def test_trained_network_activations(x, fn):
+    params = {"clip": {"min": -1.0, "max": 2.0}, "prelu": {"slope": 0.3}, "leaky_relu": {"alpha": 0.2}}.get(fn, {})
+    with np.errstate(all="ignore"):
+        out = stage("activation", fn=fn, **params)(x)
+    assert_close(out, naive.activation(x, fn, **params), rtol=3e-6, atol=1e-37)
+
+
+@EXAMPLES
+@given(st.data(), st.sampled_from([("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/")]))
+def test_arithmetic(data, op):
+    x = data.draw(maps(magnitude=1e15))
+    c = x.shape[0]
+    other_shape = data.draw(st.sampled_from([x.shape, (c, 1, 1), (1, *x.shape[1:]), (1, 1, 1), (1,)]))
+    y = data.draw(maps(shape=other_shape, magnitude=1e15)) if len(other_shape) == 3 else \
+        data.draw(arrays(np.float32, other_shape, elements=st.floats(-100, 100, width=32)))
+    name, symbol = op
+    with np.errstate(all="ignore"):
+        two = stage(name, **{"from": ["a", "b"]})(x, y) if len(other_shape) == 3 else None
+        one = stage(name, value=y.tolist())(x) if np.isfinite(y).all() else None
+        if two is not None:
+            np.testing.assert_array_equal(two, naive.arithmetic(symbol, x, y))
+        if one is not None:
+            np.testing.assert_array_equal(one, naive.arithmetic(symbol, x, y))
+
+
+@EXAMPLES
+@given(maps(magnitude=1e4, specials=False), st.floats(1e-6, 1e-2))
+def test_batch_and_layer_norm(x, eps):
+    c = x.shape[0]
+    stats = {"weight": np.linspace(-2, 2, c), "bias": np.linspace(1, -1, c), "mean": np.linspace(-5, 5, c),
+             "var": np.linspace(0.5, 3, c)}
+    out = stage("batch_norm", eps=eps, **{k: v.tolist() for k, v in stats.items()})(x)
+    assert_close(out, naive.batch_norm(x, **stats, eps=eps), rtol=1e-5, atol=1e-5 * scale(x))
+    out = stage("layer_norm", eps=eps, weight=stats["weight"].tolist(), bias=stats["bias"].tolist())(x)
+    assert_close(out, naive.layer_norm(x, stats["weight"], stats["bias"], eps), rtol=1e-4, atol=1e-4)
+
+
+@EXAMPLES
+@given(maps(channels=(1, 6), magnitude=1e3, specials=False))
+def test_softmax(x):
+    assert_close(stage("softmax")(x), naive.softmax(x), rtol=1e-5, atol=1e-7)
+
+
+@EXAMPLES
+@given(st.data())
+def test_linear_and_slice(data):
+    length = data.draw(st.integers(1, 40))
+    x = data.draw(arrays(np.float32, length, elements=st.floats(-1e3, 1e3, width=32)))
+    weight = data.draw(arrays(np.float32, (data.draw(st.integers(1, 9)), length), elements=st.floats(-2, 2, width=32)))
+    out = stage("linear", weight=weight.tolist())(x)
+    assert_close(out, naive.linear(x, weight), rtol=1e-4, atol=1e-4 * scale(x) * length)
+    start, end = data.draw(st.integers(-length, length - 1)), data.draw(st.none() | st.integers(-length, length))
+    if len(x[start:end]):
+        np.testing.assert_array_equal(stage("slice", start=start, end=end)(x), x[start:end])
+
+
+@EXAMPLES
+@given(st.data())
+def test_resize(data):
+    x = data.draw(maps(magnitude=1e6))
+    mode = data.draw(st.sampled_from(["nearest", "linear"]))
+    coordinate_mode = data.draw(st.sampled_from(["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
+                                                 "half_pixel_symmetric", "tf_half_pixel_for_nn"]))
+    nearest_mode = data.draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
+    size = [data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))]
+    s = stage("resize", size=size, mode=mode, coordinate_mode=coordinate_mode, nearest_mode=nearest_mode)
+    out = s(x)
+    expected = naive.resize(x, size, s._scales(*x.shape[1:]), mode, coordinate_mode, nearest_mode)
+    if mode == "nearest":
+        np.testing.assert_array_equal(out, expected.astype(np.float32))
+    else:
+        finite = np.isfinite(x).all()
+        assume(finite)
+        assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale(x))
+
+
+@EXAMPLES
+@given(st.data())
+def test_conv_transpose(data):
+    x = data.draw(maps(channels=(1, 4), side=(1, 6), magnitude=1e3, specials=False))
+    groups = data.draw(st.sampled_from([g for g in (1, 2, 4) if x.shape[0] % g == 0]))
+    kernel = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    stride, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    output_padding = data.draw(st.integers(0, max(stride, dilation) - 1))
+    padding = [data.draw(st.integers(0, k - 1)) for k in (*kernel, *kernel)]
+    weight = np.random.default_rng(data.draw(st.integers(0, 1000))).standard_normal(
+        (x.shape[0], data.draw(st.integers(1, 3)), *kernel)).astype(np.float32)
+    s = stage("conv_transpose", filters=weight.tolist(), stride=stride, dilation=dilation, padding=padding,
+              output_padding=output_padding, groups=groups)
+    try:
+        shape = s.output_shape(x.shape)
+    except ShapeError:
+        return
+    expected = naive.conv_transpose2d(x, weight, None, stride, padding, output_padding, dilation, groups)
+    assert shape == expected.shape
+    assert_close(s(x), expected, rtol=1e-4, atol=1e-4 * scale(x) * float(np.abs(weight).sum()))
+
+
 # --- every registered stage is covered -------------------------------------------------------------
 
 COVERED = {
@@ -456,6 +560,7 @@ COVERED = {
     "corner_pool", "flatten", "fractional_max_pool", "gem", "global_avg_pool", "global_max_pool", "hopfield_pool",
     "lp_pool", "mac", "max_pool", "max_unpool", "pyramid_fuse", "rmac", "soft_pool", "spoc", "spp",
     "stochastic_pool", "strip_pool", "upsample", "whiten",
+    "add", "sub", "mul", "div", "batch_norm", "layer_norm", "softmax", "linear", "slice", "resize", "conv_transpose",
 }
 
 

@@ -65,6 +65,9 @@ class Arithmetic(Stage):
         self.activation.check_shape(out)
         return out
 
+    def params(self, *shapes):
+        return 0 if self._value is None else self._value.array.size
+
     def __call__(self, *xs):
         operands = (*xs, self._value.array) if self._value is not None else xs
         with np.errstate(all="ignore"):  # x / 0 is inf, as in torch and onnxruntime
