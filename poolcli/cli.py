@@ -79,7 +79,7 @@ def cli_errors(command):
         except MemoryError:
             error_line("out of memory; try a smaller input.resize, --max-pixels or --shard-size")
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):  # a usage error: Typer prints it, exit 2
             raise
         except BrokenPipeError:  # `poolcli schema | head`: the reader left, nothing to report
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -519,38 +519,69 @@ def index(
 @app.command("eval")
 @cli_errors
 def eval_(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML) that writes descriptors."),
-    images: List[str] = typer.Argument(..., metavar="IMAGES", help="Photographs: files, folders and globs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    arguments: List[str] = typer.Argument(
+        ..., metavar="CONFIG... IMAGES...",
+        help="One or more pipeline configs (YAML files; every leading argument ending in .yaml or .yml is one), "
+        "then the photographs: files, folders and globs.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (a list of reports for several configs)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants."""
-    from poolcli.retrieval.evaluate import evaluate
+    """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants.
 
+    Several configs are scored on the same images and copies and shown side by side, e.g. pooling
+    heads (MAC, GeM, R-MAC) on one trunk."""
+    from poolcli.retrieval.evaluate import evaluate_many
+
+    configs, images = _configs_then_images(arguments)
     err = _stderr()
     with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
-        report = evaluate(config, images, progress=progress)
+        reports = evaluate_many(configs, images, progress=progress)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        payload = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+        print(json.dumps(payload, indent=2))
         return
-    _print_eval(report)
+    _print_eval(reports)
 
 
-def _print_eval(report) -> None:
+def _configs_then_images(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """The first argument and every one after it that ends in .yaml/.yml, then the rest."""
+    count = 1
+    while count < len(arguments) and arguments[count].lower().endswith((".yaml", ".yml")):
+        count += 1
+    if count == len(arguments):
+        raise typer.BadParameter("give the images to evaluate on after the config(s)", param_hint="IMAGES")
+    return arguments[:count], arguments[count:]
+
+
+def _print_eval(reports) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report.config}: {report.images} images, {report.database} database items "
+    first = reports[0]
+    names = [f"{Path(r.config).parent.name}/{Path(r.config).name}" if Path(r.config).name == "pipeline.yaml"
+             else Path(r.config).name for r in reports]
+    if len(reports) == 1:
+        title = f"{first.config}: "
+        columns = [("R@1", "recall_at_1"), ("R@5", "recall_at_5"), ("mAP", "map")]
+    else:
+        title = ""
+        columns = [("R@1", "recall_at_1"), ("mAP", "map")]
+    table = Table(title=f"{title}{first.images} images, {first.database} database items "
                         "(images and their quadrants)", title_justify="left")
     table.add_column("transform")
-    for column in ("R@1", "R@5", "mAP", "baseline R@1", "baseline R@5", "baseline mAP"):
-        table.add_column(column, justify="right")
-    for row in [*report.transforms, None, report.overall]:
+    for name in names if len(reports) > 1 else [""]:
+        for label, _ in columns:
+            table.add_column(f"{name} {label}".strip(), justify="right")
+    for label, _ in columns:
+        table.add_column(f"baseline {label}", justify="right")
+    rows = [*zip(*(r.transforms for r in reports)), None, tuple(r.overall for r in reports)]
+    for row in rows:
         if row is None:
             table.add_section()
             continue
-        ours, base = row.config, row.baseline
-        table.add_row(row.transform, *(f"{v:.3f}" for v in (ours.recall_at_1, ours.recall_at_5, ours.map,
-                                                              base.recall_at_1, base.recall_at_5, base.map)))
+        cells = [f"{getattr(result.config, attr):.3f}" for result in row for _, attr in columns]
+        cells += [f"{getattr(row[0].baseline, attr):.3f}" for _, attr in columns]
+        table.add_row(row[0].transform, *cells)
     _stdout().print(table)
     print("baseline: a 16x16 grey thumbnail, compared by cosine like the config's descriptors")
 
