@@ -62,7 +62,8 @@ class Pipeline:
         self.config = config
         self.text = text  # the YAML as given, when built from a file
         self.source = source
-        self.nodes = _build_nodes(config)
+        self.included: list[tuple[str, str]] = []  # (path, text) of each config an include stage read
+        self.nodes = _build_nodes(config, (Path(source).resolve(),) if source else (), self.included)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
         self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
@@ -392,26 +393,84 @@ def _check_output_size(shape: tuple[int, ...]) -> None:
                          f"limit of {MAX_OUTPUT_VALUES} (16 GiB)")
 
 
-def _build_nodes(config: PipelineConfig) -> list[Node]:
+#: The stage type that puts another config's stages in place (handled here, not a registered stage).
+INCLUDE = "include"
+MAX_INCLUDE_DEPTH = 8
+
+
+def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads: list | None = None) -> list[Node]:
+    """The config's stages as graph nodes; ``reads`` collects (path, text) of every included config."""
     nodes: list[Node] = []
     names = {"input"}
     earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
     context = {"base_dir": config.base_dir}
     for index, raw in enumerate(config.stages):
-        stage = build_stage(raw, index, context)
-        name = stage.name or f"{stage.type}{index}"
-        where = f"stages[{index}] ({stage.type} '{name}')"
-        if name in names:
-            raise ConfigError(f"{where}.name: '{name}' is already used by an earlier stage", loc=("stages", index, "name"))
-        inputs = _inputs_of(stage, nodes, names, where, index)
-        try:
-            inputs += stage.link(earlier)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
-        nodes.append(Node(name, stage, inputs))
-        earlier[name] = (stage, inputs)
-        names.add(name)
+        if raw.get("type") == INCLUDE:
+            added = _include(raw, index, config, nodes, names, included, reads)
+        else:
+            stage = build_stage(raw, index, context)
+            name = stage.name or f"{stage.type}{index}"
+            where = f"stages[{index}] ({stage.type} '{name}')"
+            inputs = _inputs_of(stage, nodes, names, where, index)
+            try:
+                inputs += stage.link(earlier)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
+            added = [Node(name, stage, inputs)]
+        for node in added:
+            if node.name in names:
+                raise ConfigError(f"stages[{index}] ({node.stage.type} '{node.name}').name: '{node.name}' is already "
+                                  "used by an earlier stage", loc=("stages", index, "name"))
+            nodes.append(node)
+            earlier[node.name] = (node.stage, node.inputs)
+            names.add(node.name)
     return nodes
+
+
+def _include(raw: dict, index: int, config: PipelineConfig, nodes: list[Node], names: set[str],
+             included: tuple[Path, ...], reads: list | None) -> list[Node]:
+    """The stages of the config that ``{type: include, config: PATH}`` names, taking this
+    stage's input where theirs take ``input``; with ``name``, their last stage is known by it.
+    Only the stages (and the files they reference) are taken: the including config's ``input``
+    and ``output`` sections apply."""
+    where = f"stages[{index}] (include)"
+    unknown = sorted(set(raw) - {"type", "config", "name", "from"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; include takes config, name and from",
+                          loc=("stages", index, unknown[0]))
+    target, alias, source = raw.get("config"), raw.get("name"), raw.get("from")
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{where}.config: required: the path of a config file whose stages go here",
+                          loc=("stages", index, "config"))
+    if alias is not None and not isinstance(alias, str):
+        raise ConfigError(f"{where}.name: must be a string, got {alias!r}", loc=("stages", index, "name"))
+    if source is not None and (not isinstance(source, str) or source not in names):
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"{where}.from: no earlier stage is named {source!r} (earlier: {known})",
+                          loc=("stages", index, "from"))
+    path = Path(target).expanduser()
+    path = (path if path.is_absolute() else Path(config.base_dir) / path).resolve()
+    if path in included or len(included) >= MAX_INCLUDE_DEPTH:
+        chain = " -> ".join(p.name for p in (*included, path))
+        raise ConfigError(f"{where}.config: includes nest too deep or in a circle ({chain})", loc=("stages", index, "config"))
+    data, text = read_config_file(path)
+    if reads is not None:
+        reads.append((str(path), text))
+    try:
+        inner = _build_nodes(load_config(data, path.parent), (*included, path), reads)
+    except ConfigError as exc:
+        line = line_of(text, exc.loc) if exc.loc else None
+        place = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {place}: {exc}", loc=("stages", index, "config")) from None
+    start = source or (nodes[-1].name if nodes else "input")
+    inner = [Node(n.name, n.stage, tuple(start if i == "input" else i for i in n.inputs)) for n in inner]
+    if alias is not None:
+        last = inner[-1]
+        if any(last.name in n.inputs for n in inner):
+            raise ConfigError(f"{where}.name: the included config's last stage '{last.name}' is read by others "
+                              "in it and cannot be renamed", loc=("stages", index, "name"))
+        inner[-1] = Node(alias, last.stage, last.inputs)
+    return inner
 
 
 def _inputs_of(stage: Stage, nodes: list[Node], names: set[str], where: str, index: int) -> tuple[str, ...]:
@@ -472,6 +531,15 @@ def json_schema() -> dict:
         sub["additionalProperties"] = False
         schema.setdefault("$defs", {}).update(sub.pop("$defs", {}))
         variants.append(sub)
+    variants.append({
+        "title": INCLUDE, "type": "object", "additionalProperties": False, "required": ["type", "config"],
+        "properties": {
+            "type": {"const": INCLUDE, "description": "the stages of another config file, in place (e.g. an imported trunk)"},
+            "config": {"type": "string", "description": "path of the config, relative to this config's folder"},
+            "name": {"type": "string", "description": "a name for the included config's last stage"},
+            "from": {"type": "string", "description": "earlier stage (or 'input') whose output the included stages take"},
+        },
+    })
     schema["properties"]["stages"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
     schema["title"] = "poolcli pipeline config"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -334,7 +334,7 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "map_shape": None,
         "dtype": pipeline.config.output.dtype,
         "normalize": pipeline.normalize,
-        "config_sha256": hashlib.sha256(_config_text(pipeline).encode("utf-8")).hexdigest(),
+        "config_sha256": _config_sha256(pipeline),
         "input_list_sha256": listing.sha256(),
         "shard_size": shard_size,
         "inputs": len(listing),
@@ -360,6 +360,14 @@ def _config_text(pipeline: Pipeline) -> str:
     if pipeline.text is not None:
         return pipeline.text
     return json.dumps(pipeline.config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}), indent=2) + "\n"
+
+
+def _config_sha256(pipeline: Pipeline) -> str:
+    """The digest of the config and of each config it includes: a run's identity changes with any of them."""
+    digest = hashlib.sha256(_config_text(pipeline).encode("utf-8"))
+    for path, text in pipeline.included:
+        digest.update(f"\0include {path}\0{text}".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _configure_pillow(max_pixels: int) -> None:
