@@ -166,19 +166,32 @@ class _progress:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
+        self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), _rate_column(self.unit),
+                            TimeRemainingColumn(), TextColumn("left"), console=self.console, transient=True)
         self.bar.start()
         return self
 
     def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task(self.unit, total=total)
+        if self.task is None:  # what was done before (a resumed run's) does not count in the rate
+            self.task = self.bar.add_task(self.unit, total=total, completed=done)
         self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.stop()
+
+
+def _rate_column(unit: str):
+    """A progress column: how many ``unit`` a second, over the last half minute."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s")
+
+    return Rate()
 
 
 def _compile_watch(console):

@@ -97,10 +97,10 @@ class CompileWatch:
 
 
 def cache_dir() -> str:
-    """The folder that holds poolcli's compiled kernels."""
-    from poolcli.kernels import conv
+    """The folder that holds poolcli's compiled kernels (one per poolcli version and machine)."""
+    from poolcli.kernels import CACHE_DIR
 
-    return conv.conv_planes.stats.cache_path
+    return CACHE_DIR
 
 
 def warmup(pipeline: Pipeline | None, shape: tuple[int, int, int] | None = None,

@@ -160,7 +160,7 @@ def read_only(monkeypatch):
     real = os.access
 
     def access(path, mode, *args, **kwargs):
-        if Path(path) in denied and mode & os.W_OK:
+        if any(Path(path) == d or d in Path(path).parents for d in denied) and mode & os.W_OK:
             return False
         return real(path, mode, *args, **kwargs)
 
@@ -168,28 +168,62 @@ def read_only(monkeypatch):
     return denied
 
 
-def test_cache_stays_beside_the_sources_when_writable(tmp_path):
-    assert cache_dir_for(tmp_path, {}) is None
-    assert cache_dir_for(tmp_path, {"NUMBA_CACHE_DIR": "/elsewhere"}) is None
+def test_kernels_are_cached_in_the_user_cache_folder_per_version_and_machine(tmp_path):
+    chosen = cache_dir_for({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, "x86_64-cpu-1234")
+    assert chosen == str(tmp_path / "xdg" / "poolcli" / poolcli.__version__ / "x86_64-cpu-1234")
+    assert Path(chosen).is_dir()
+    assert cache_dir_for({"NUMBA_CACHE_DIR": str(tmp_path / "n")}, "t") == str(tmp_path / "n" / "poolcli" / poolcli.__version__ / "t")
+    assert cache_dir_for({"POOLCLI_CACHE_DIR": str(tmp_path / "p"), "NUMBA_CACHE_DIR": str(tmp_path / "n")}, "t") \
+        == str(tmp_path / "p" / "poolcli" / poolcli.__version__ / "t")
 
 
-def test_read_only_package_caches_in_the_user_cache_folder(tmp_path, read_only):
-    package = tmp_path / "site-packages" / "poolcli" / "kernels"
-    (package / "__pycache__").mkdir(parents=True)
-    read_only.add(package / "__pycache__")
-    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(tmp_path / "xdg")})
-    assert chosen == str(tmp_path / "xdg" / "poolcli" / "numba") and Path(chosen).is_dir()
+def test_this_process_caches_poolclis_kernels_outside_the_package():
+    from poolcli.kernels import CACHE_DIR, conv
+
+    package = Path(poolcli.kernels.__file__).parent
+    assert Path(conv.conv_planes.stats.cache_path) == Path(CACHE_DIR)
+    assert package not in Path(CACHE_DIR).parents and not any(package.rglob("*.nbi"))
+    assert poolcli.__version__ in Path(CACHE_DIR).parts
 
 
 def test_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path, read_only, monkeypatch):
-    package = tmp_path / "pkg"
-    package.mkdir()
-    read_only.add(package)
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")  # a cache "folder" below a file cannot be created
     monkeypatch.setattr(poolcli.kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(not_a_folder)})
-    assert chosen is not None and chosen.startswith(str(tmp_path / "tmp" / "poolcli-numba-"))
+    chosen = cache_dir_for({"XDG_CACHE_HOME": str(not_a_folder)}, "t")
+    assert chosen.startswith(str(tmp_path / "tmp" / "poolcli-"))
+    read_only.add(tmp_path / "tmp")
+    read_only.add(tmp_path / "xdg")
+    assert "poolcli-kernels-" in cache_dir_for({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, "t")
+
+
+def test_two_installs_share_one_cache_and_neither_gets_files(tmp_path):
+    """A kernel compiled by one copy of poolcli loads from the cache in another copy of the same
+    version (a different path, newer file times): the cache is per version and machine, not per
+    install, and nothing is written beside either copy's sources."""
+    import shutil
+
+    copies = [tmp_path / "a", tmp_path / "b"]
+    for copy in copies:
+        shutil.copytree(REPO / "poolcli", copy / "poolcli", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import poolcli, numpy as np\n"
+            "from poolcli.warmup import compiled_so_far\n"
+            "pipe = poolcli.Pipeline.from_config({'stages': [{'type': 'spoc'}]})\n"
+            "pipe(np.ones((2, 3, 3), np.float32))\n"
+            "print(poolcli.__file__, compiled_so_far())")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("POOLCLI_CACHE_DIR", None)
+    outputs = []
+    for copy in copies:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=copy)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split())
+    assert outputs[0][0].startswith(str(copies[0])) and outputs[1][0].startswith(str(copies[1]))
+    assert [o[1] for o in outputs] == ["1", "0"]  # compiled once, loaded by the other copy
+    for copy in copies:
+        assert sorted(p.name for p in copy.rglob("*") if p.name == "__pycache__" or p.suffix in (".nbi", ".nbc")) == []
+    assert any((tmp_path / "cache" / "poolcli" / poolcli.__version__).rglob("*.nbi"))
 
 
 # --- start-up -------------------------------------------------------------------------------------

@@ -3,6 +3,12 @@
 Every file is written under a temporary name in its final folder and renamed into place, so a
 killed run never leaves a file that looks complete. A shard is complete when its
 ``stats/part-NNNNN.json`` exists; it is written after the shard's other files.
+
+While a shard is being computed, what is done of it is saved every few hundred images (or
+every half minute) as a chunk in ``OUT/.partial/part-NNNNN/``, so that a killed run redoes
+little of it, whatever the shard size. A resumed shard takes its chunks back and goes on; the
+shard is then written whole as before and its chunks removed, so a finished folder holds the
+same files, and the same bytes, as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ except ImportError:  # Windows
 
 FOLDERS = ("descriptors", "maps", "metadata", "failures", "stats")
 FILES = ("manifest.json", "pipeline.yaml")
+PARTIAL = ".partial"  # chunks of the shards being computed; gone once the run is complete
 LOCK_FILE = ".lock"  # held by the run writing the folder; never removed
 # What identifies a run: resuming needs all of these to match.
 IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
@@ -204,7 +211,7 @@ class RunFolder:
         # The completion marks go first: a run killed while clearing leaves no shard that
         # looks complete without its data, and the manifest last, so the folder still says
         # whose it is.
-        for folder in ("stats", *(f for f in FOLDERS if f != "stats")):
+        for folder in ("stats", PARTIAL, *(f for f in FOLDERS if f != "stats")):
             remove_tree(self.path / folder)
         for name in FILES:
             (self.path / name).unlink(missing_ok=True)
@@ -218,7 +225,7 @@ class RunFolder:
         folders (the user's own folders in OUT are not walked, and each file is listed once)."""
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        for folder in (self.path / f for f in FOLDERS):
+        for folder in (self.path / f for f in (*FOLDERS, PARTIAL)):
             if folder.is_dir():
                 for tmp in folder.rglob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -235,6 +242,88 @@ class RunFolder:
         with self.writing():
             for folder, suffix in (("descriptors", ".npy"), ("metadata", ".parquet"), ("failures", ".parquet")):
                 (self.path / folder / part_name(shard, suffix)).unlink(missing_ok=True)
+
+    # --- chunks of a shard being computed ---------------------------------------------------
+
+    def _partial(self, shard: int):
+        return self.path / PARTIAL / part_name(shard, "")
+
+    def _chunks(self, shard: int, first: int) -> list[tuple[int, int, Any]]:
+        """The shard's saved chunks that follow each other from key ``first``:
+        ``(first_key, end_key, json path)`` in key order. A chunk after a gap (which no run
+        writes) is ignored; a chunk's ``.json`` is written after its ``.npy``."""
+        folder = self._partial(shard)
+        if not folder.is_dir():
+            return []
+        found = {}
+        for path in folder.glob("chunk-*.json"):
+            try:
+                start, end = (int(n) for n in path.stem.split("-")[1:3])
+            except ValueError:
+                continue
+            found[start] = (start, end, path)
+        chunks, key = [], first
+        while key in found:
+            chunks.append(found[key])
+            key = found[key][1]
+        return chunks
+
+    def resume_key(self, shard: int, first: int) -> int:
+        """The first key of an incomplete shard that no saved chunk holds."""
+        chunks = self._chunks(shard, first)
+        return chunks[-1][1] if chunks else first
+
+    def load_chunks(self, shard: int, first: int) -> tuple[list[np.ndarray], list[dict], list[dict], int]:
+        """What the saved chunks of ``shard`` hold: descriptor arrays, metadata rows, failure
+        rows, and the first key they do not hold."""
+        vectors, rows, failures, key = [], [], [], first
+        for start, end, path in self._chunks(shard, first):
+            try:
+                chunk = json.loads(path.read_text())
+                if chunk["vectors"]:
+                    array = np.load(readable(path.with_name(path.stem + ".npy")), allow_pickle=False)
+                    if len(array) != chunk["vectors"]:
+                        break
+                    vectors.append(array)
+            except (OSError, ValueError, KeyError):
+                break  # unreadable: redo from here
+            rows.extend(chunk["rows"])
+            failures.extend(chunk["failures"])
+            key = end
+        return vectors, rows, failures, key
+
+    def save_chunk(self, shard: int, first_key: int, end_key: int, vectors: np.ndarray | None,
+                   rows: list[dict], failures: list[dict]) -> None:
+        """Save keys ``[first_key, end_key)`` of an incomplete shard: its descriptors (if any),
+        then its rows and failures, which mark the chunk saved."""
+        folder = self._partial(shard)
+        name = f"chunk-{first_key:012d}-{end_key:012d}"
+        with self.writing():
+            folder.mkdir(parents=True, exist_ok=True)
+            if vectors is not None and len(vectors):
+                save_npy(folder / f"{name}.npy", vectors)
+            data = {"vectors": 0 if vectors is None else len(vectors), "rows": rows, "failures": failures}
+            atomic_write(folder / f"{name}.json", lambda f: f.write(json.dumps(data).encode() + b"\n"))
+
+    def remove_chunks(self, shard: int | None = None) -> None:
+        """Remove a shard's saved chunks (once the shard is complete), or with None every
+        chunk folder of a complete shard and the chunks folder itself once it is empty."""
+        with self.writing():
+            if shard is not None:
+                remove_tree(self._partial(shard))
+                return
+            root = self.path / PARTIAL
+            if not root.is_dir():
+                return
+            for folder in root.glob("part-*"):
+                try:
+                    number = int(folder.name.split("-")[1])
+                except ValueError:
+                    continue
+                if self.shard_stats(number) is not None:
+                    remove_tree(folder)
+            if next(iter(root.glob("*")), None) is None:
+                remove_tree(root)
 
     def write_map(self, relative: str, array: np.ndarray) -> str:
         """Write one image's map under maps/; returns its path relative to the folder."""
