@@ -147,7 +147,7 @@ def run(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
-    _report_run(err, summary, compiled.count if compiled else 0)
+    _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -194,17 +194,19 @@ def _rate_column(unit: str):
     return Rate()
 
 
-def _compile_watch(console):
-    """Says so on stderr when kernels start compiling (a machine's first run of a config, which is
-    otherwise silent for tens of seconds), and counts them."""
+def _compile_watch(console, what: str = "run of this config"):
+    """Says so on stderr when kernels start compiling (a machine's first ``what``, which is
+    otherwise silent for tens of seconds), and counts them. The cache is per poolcli version
+    and machine (:mod:`poolcli.kernels`), which is what the line says."""
     from poolcli.warmup import CompileWatch
 
     return CompileWatch(lambda: console.print(
-        "compiling kernels: the first run of this config on this machine takes tens of seconds "
-        "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
+        f"compiling kernels: the first {what} on this machine takes tens of seconds (they are cached for "
+        f"later runs of poolcli {__version__} on this machine; `poolcli warmup CONFIG` compiles ahead)",
+        markup=False, emoji=False))
 
 
-def _report_run(console, summary, compiled: int = 0) -> None:
+def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.0) -> None:
     plural = "" if summary.written == 1 else "s"
     if summary.kind == "descriptors":
         what = f"{summary.written} descriptor{plural}" + (f" of length {summary.dim}" if summary.dim else "")
@@ -216,8 +218,10 @@ def _report_run(console, summary, compiled: int = 0) -> None:
     if summary.processed == 0:
         line = f"nothing to do: {summary.out} already holds {what}"
     else:
-        rate = summary.processed / summary.seconds if summary.seconds else 0.0
-        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
+        working = summary.seconds - compile_seconds  # a first run's compiling is not its speed
+        rate = summary.processed / working if working > 0 else 0.0
+        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s" + (
+            f", {compile_seconds:.1f} s of compiling not counted)" if compile_seconds >= 0.05 else ")")
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
         extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
@@ -339,7 +343,10 @@ def show(
     """Draw each stage's output for one image: one PNG per stage and an overview."""
     from poolcli.show import show as draw
 
-    for path in draw(_load(config), image, out, max_channels):
+    pipeline = _load(config)
+    with _compile_watch(_stderr(), "use of this config"):
+        paths = draw(pipeline, image, out, max_channels)
+    for path in paths:
         print(path)
 
 
@@ -394,7 +401,8 @@ def bench(
 
     pipeline = _load(config)
     shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
-    result = time_stages(pipeline, shape, image, threads=threads)
+    with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
+        result = time_stages(pipeline, shape, image, threads=threads)
     rows = ([result.load] if result.load else []) + result.stages
     total = sum(r.seconds for r in rows)
     if as_json:
@@ -500,7 +508,8 @@ def search(
     """Find the descriptors in OUT nearest (cosine) to query images or rows."""
     from poolcli.retrieval.search import search as run_search
 
-    results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+    with _compile_watch(_stderr(), "search with images of this run's config") if queries else contextlib.nullcontext():
+        results, note = run_search(out, queries or [], keys, k, use_index=not exact)
     if note:
         _stderr().print(note, markup=False)
     if as_json:
@@ -541,7 +550,8 @@ def eval_(
     from poolcli.retrieval.evaluate import evaluate
 
     err = _stderr()
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
+    with (_progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress,
+          _compile_watch(err, "evaluation of this config")):
         report = evaluate(config, images, progress=progress)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))

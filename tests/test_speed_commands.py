@@ -137,6 +137,33 @@ def test_a_first_run_says_it_compiles_and_how_many(tmp_path):
     assert "compil" not in second and "wrote 1 descriptor of length 3 " in second
 
 
+def test_every_command_that_compiles_says_so(tmp_path):
+    """search (with an image query), show, bench and eval compile on a cold cache too: each says
+    so, as run does, and says nothing of it once the kernels are cached."""
+    config = tmp_path / "spoc.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}, {type: spoc}]\n")
+    photo, other = REPO / "sample_images" / "camera.png", REPO / "sample_images" / "coins.png"
+
+    def command(cache, *args, code=0):
+        env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / cache)}
+        done = subprocess.run([sys.executable, "-m", "poolcli", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=REPO)
+        assert done.returncode == code, done.stderr
+        return done.stderr
+
+    command("run", "run", config, photo, other, "-o", tmp_path / "out")
+    commands = {
+        "search": ["search", tmp_path / "out", photo],
+        "show": ["show", config, photo, "-o", tmp_path / "pictures"],
+        "bench": ["bench", config, "--size", 16, 16],
+        "eval": ["eval", config, photo, other, "--no-progress"],
+    }
+    for name, args in commands.items():
+        cold, warm = command(name, *args), command(name, *args)
+        assert "compiling kernels: the first" in cold and f"later runs of poolcli {poolcli.__version__} on this machine" in cold, name
+        assert "compiling" not in warm, name
+
+
 def test_warmup_without_a_config_runs_every_stage_type():
     result = invoke("warmup", "--no-progress")
     assert result.exit_code == 0, result.output
