@@ -579,4 +579,14 @@ def _print_eval(report) -> None:
 
 
 def main() -> None:
-    app(prog_name="poolcli")
+    try:
+        app(prog_name="poolcli")
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted: the line is printed and every file poolcli writes is whole or absent.
+            # A worker thread may be compiling a kernel for seconds more (compiling does not
+            # stop for a signal), and Python's exit would wait for it: leave at once instead.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
