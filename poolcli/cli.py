@@ -254,6 +254,7 @@ def inspect(
     shape, note = _input_shape(pipeline, size, image)
     records = pipeline.trace(shape)
     final = records[-1].out_shape
+    varies = _length_varies(pipeline)
     if as_json:
         print(json.dumps({
             "input": list(shape),
@@ -263,11 +264,25 @@ def inspect(
                 for r in records
             ],
             "kind": pipeline.kind, "output_shape": list(final), "normalize": pipeline.normalize,
+            "length_depends_on_size": varies,
         }, indent=2))
         return
     if note:
         _stderr().print(note)
-    _print_trace(pipeline, shape, records)
+    _print_trace(pipeline, shape, records, varies)
+
+
+def _length_varies(pipeline) -> bool:
+    """Whether a descriptors config's length follows the image's size (a flatten without a fixed
+    resize): then no one length can be promised."""
+    from poolcli.errors import ConfigError
+
+    if pipeline.kind != "descriptors":
+        return False
+    try:
+        return len(pipeline.check_shapes()) > 1
+    except ConfigError:  # no typical size fits; the size asked for did: nothing to compare
+        return False
 
 
 def _listify(shape):
@@ -309,7 +324,7 @@ def _shape(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def _print_trace(pipeline, shape, records) -> None:
+def _print_trace(pipeline, shape, records, varies: bool = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(shape)} input", title_justify="left")
@@ -324,7 +339,9 @@ def _print_trace(pipeline, shape, records) -> None:
     final = records[-1].out_shape
     if pipeline.kind == "descriptors":
         norm = ", L2-normalised" if pipeline.normalize == "l2" else ""
-        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})")
+        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})" + (
+            f" for a {_shape(shape[1:])} input: the length depends on the image's size; set input.resize: "
+            "{size: [H, W]} for one length" if varies else ""))
     else:
         out.print(f"output: feature map {_shape(final)} ({pipeline.config.output.dtype})")
 
@@ -457,8 +474,19 @@ def stages(stage_type: Optional[str] = typer.Argument(None, metavar="TYPE", help
 def validate(config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML).")) -> None:
     """Check a config: exit 0 if valid, else one line saying what is wrong."""
     pipeline = _load(config)
-    kinds = {"descriptors": "descriptors", "maps": "feature maps"}
-    print(f"{config}: valid ({len(pipeline.nodes)} stages, writes {kinds[pipeline.kind]})")
+    shapes = pipeline.check_shapes()
+    count = len(pipeline.nodes)
+    print(f"{config}: valid ({count} stage{'' if count == 1 else 's'}, writes {_writes(pipeline, shapes)})")
+
+
+def _writes(pipeline, shapes) -> str:
+    """What a run of ``pipeline`` writes, given :meth:`Pipeline.check_shapes`'s output shapes."""
+    if pipeline.kind == "maps":
+        return "feature maps" + (f" of shape {_shape(next(iter(shapes)))}" if len(shapes) == 1 else "")
+    if len(shapes) == 1:
+        return f"descriptors of length {next(iter(shapes))[0]}"
+    return ("descriptors whose length depends on the image's size (the first image fixes a run's, and images of "
+            "other sizes fail); set input.resize: {size: [H, W]} for one length")
 
 
 @app.command()

@@ -202,6 +202,44 @@ class Pipeline:
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.trace(shape)[-1].out_shape
 
+    def probe_shapes(self) -> list[tuple[int, int, int]]:
+        """Input shapes that stand for every image a run may give: the one shape a fixed resize
+        gives, else square, landscape and portrait ones of the size ``input.resize`` leads to
+        (a typical photo's sizes without a resize)."""
+        channels, resize = self.input_channels, self.config.input.resize
+        if resize is not None and resize.size is not None:
+            return [(channels, *resize.size)]
+        sizes = [(512, 512), (480, 640), (640, 480), (256, 1024), (1024, 256), (1536, 2048), (2048, 1536)]
+        if resize is not None:
+            sizes = list(dict.fromkeys(resize.target(h, w) for h, w in sizes))
+        return [(channels, h, w) for h, w in sizes]
+
+    def check_shapes(self) -> set[tuple[int, ...]]:
+        """Check the rules of shape that hold whatever the image's size (a stage given a vector
+        where it needs a map, channels that do not match, a whitening of another length); return
+        the output shapes of :meth:`probe_shapes`, several where the output follows the image's
+        size (a ``flatten`` without a fixed resize).
+
+        Raises :class:`ConfigError` naming the stage when no input shape fits the config, which
+        then could not run on any image; a problem only some sizes have (a 3x3 window on a 2x2
+        map) is not an error here: ``inspect`` shows it, and a run records such images as
+        failures."""
+        shapes, first_error = set(), None
+        for shape in self.probe_shapes():
+            try:
+                shapes.add(self.output_shape(shape))
+            except ShapeError as exc:
+                first_error = first_error or exc
+        if not shapes:
+            names = [node.name for node in self.nodes]
+            loc = ("stages", names.index(first_error.stage)) if first_error.stage in names else ()
+            message = f"{first_error} (whatever the image's size: no image can run through this config)"
+            if self.text is not None:
+                line = line_of(self.text, loc) if loc else None
+                message = f"{self.source}:{line}: {message}" if line else f"{self.source}: {message}"
+            raise ConfigError(message, loc=loc)
+        return shapes
+
     # --- running ----------------------------------------------------------------------------
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

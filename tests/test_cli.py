@@ -133,3 +133,51 @@ def test_run_refuses_another_config_in_the_same_folder(tmp_path):
     result = cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out)
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out, "--overwrite").returncode == 0
+
+
+# --- validate: rules of shape that hold whatever the image's size ------------------------------------
+
+
+@pytest.mark.parametrize("stages, line, message", [
+    ("  - {type: gem}\n  - {type: gem}\n", 3, "stage 'gem1' (gem): gem needs a (C, H, W) feature map, got a vector"),
+    ("  - {type: spoc}\n  - {type: max_pool, kernel_size: 2}\n", 3, "stage 'max_pool1' (max_pool)"),
+    ("  - {type: max_pool, kernel_size: 2, name: a}\n  - {type: gem, from: input, name: b}\n"
+     "  - {type: concat, from: [a, b]}\n", 4, "stage 'concat2' (concat)"),
+])
+def test_validate_refuses_what_no_image_can_run(tmp_path, stages, line, message):
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n" + stages)
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {config}:{line}: {message}")
+    assert "whatever the image's size" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_validate_accepts_what_only_some_sizes_cannot_run(tmp_path):
+    config = tmp_path / "c.yaml"  # a 600x600 window fits a 640x480 image and not a 256x1024 one
+    config.write_text("stages:\n  - {type: max_pool, kernel_size: 600}\n  - {type: gem}\n")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{config}: valid (2 stages, writes descriptors of length 3)"
+
+
+def test_a_length_that_follows_the_image_size_is_said_so(tmp_path):
+    config = tmp_path / "flat.yaml"
+    config.write_text("input: {resize: {longest: 64}}\nstages:\n  - {type: max_pool, kernel_size: 8}\n  - {type: flatten}\n")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0 and "descriptors whose length depends on the image's size" in result.stdout
+    table = runner.invoke(app, ["inspect", str(config)])
+    assert "output: descriptor of length 192 (float32, L2-normalised) for a 64x64 input: the length depends" in table.stdout
+    assert json.loads(runner.invoke(app, ["inspect", str(config), "--json"]).stdout)["length_depends_on_size"] is True
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("input: {resize: {size: [32, 48]}}\nstages:\n  - {type: max_pool, kernel_size: 8}\n"
+                     "  - {type: flatten}\n")
+    result = runner.invoke(app, ["validate", str(fixed)])
+    assert result.stdout.strip() == f"{fixed}: valid (2 stages, writes descriptors of length 72)"
+    assert json.loads(runner.invoke(app, ["inspect", str(fixed), "--json"]).stdout)["length_depends_on_size"] is False
+
+
+def test_validate_says_one_stage(tmp_path):
+    config = tmp_path / "one.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}]\n")
+    assert runner.invoke(app, ["validate", str(config)]).stdout.strip() == f"{config}: valid (1 stage, writes feature maps)"
