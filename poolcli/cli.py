@@ -22,6 +22,7 @@ from poolcli import __version__
 from poolcli.errors import PoolcliError
 
 EXIT_FAILURES = 3
+CONFIG_HELP = "Pipeline config: a YAML file, or the name of a config shipped with poolcli (`poolcli configs` lists them)."
 
 app = typer.Typer(
     name="poolcli",
@@ -106,8 +107,9 @@ def _root(
 
 def _load(config: Path):
     from poolcli.pipeline import Pipeline
+    from poolcli.shipped import find_config
 
-    return Pipeline.from_yaml(config)
+    return Pipeline.from_yaml(find_config(config))
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class _Engine(str, Enum):
 @app.command()
 @cli_errors
 def run(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
@@ -244,7 +246,7 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
 @app.command()
 @cli_errors
 def inspect(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
     image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image (after resize)."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
@@ -352,7 +354,7 @@ def _print_trace(pipeline, shape, records, varies: bool = False) -> None:
 @app.command()
 @cli_errors
 def show(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
     max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
@@ -373,7 +375,7 @@ def show(
 @app.command()
 @cli_errors
 def warmup(
-    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help="Pipeline config (YAML) [default: every stage type]."),
+    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
@@ -407,7 +409,7 @@ def warmup(
 @app.command()
 @cli_errors
 def bench(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
     image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
@@ -471,7 +473,7 @@ def stages(stage_type: Optional[str] = typer.Argument(None, metavar="TYPE", help
 
 @app.command()
 @cli_errors
-def validate(config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML).")) -> None:
+def validate(config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP)) -> None:
     """Check a config: exit 0 if valid, else one line saying what is wrong."""
     pipeline = _load(config)
     shapes = pipeline.check_shapes()
@@ -487,6 +489,34 @@ def _writes(pipeline, shapes) -> str:
         return f"descriptors of length {next(iter(shapes))[0]}"
     return ("descriptors whose length depends on the image's size (the first image fixes a run's, and images of "
             "other sizes fail); set input.resize: {size: [H, W]} for one length")
+
+
+@app.command()
+@cli_errors
+def configs(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="A shipped config to print, or to copy with -o."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="DIR", help="Copy NAME, with the files it references, into DIR, to edit it."),
+) -> None:
+    """List the configs shipped with poolcli, which every command takes by name; print or copy one."""
+    from poolcli import shipped
+
+    if name is None:
+        if out is not None:
+            raise PoolcliError("-o needs the NAME of the config to copy")
+        table = [(n, shipped.description(shipped.FOLDER / f"{n}.yaml")) for n in shipped.names()]
+        width = max(len(n) for n, _ in table)
+        for n, text in table:
+            print(f"{n:<{width}}  {text}")
+        return
+    path = shipped.find_config(name)
+    if len(Path(name).parts) != 1 or path.parent != shipped.FOLDER:
+        raise PoolcliError(f"'{name}' is not the name of a shipped config (`poolcli configs` lists them)")
+    if out is None:
+        print(path.read_text(encoding="utf-8"), end="")
+        return
+    copied = shipped.copy_config(name, out)
+    _stderr().print(f"copied {path.stem} and the files it references into {out}: edit and run {copied}", markup=False)
+    print(copied)
 
 
 @app.command()
@@ -569,14 +599,16 @@ def index(
 @app.command("eval")
 @cli_errors
 def eval_(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML) that writes descriptors."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP[:-1] + ", one that writes descriptors."),
     images: List[str] = typer.Argument(..., metavar="IMAGES", help="Photographs: files, folders and globs."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants."""
     from poolcli.retrieval.evaluate import evaluate
+    from poolcli.shipped import find_config
 
+    config = find_config(config)
     err = _stderr()
     with (_progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress,
           _compile_watch(err, "evaluation of this config")):

@@ -181,3 +181,64 @@ def test_validate_says_one_stage(tmp_path):
     config = tmp_path / "one.yaml"
     config.write_text("stages: [{type: max_pool, kernel_size: 2}]\n")
     assert runner.invoke(app, ["validate", str(config)]).stdout.strip() == f"{config}: valid (1 stage, writes feature maps)"
+
+
+# --- shipped configs, by name, from anywhere ---------------------------------------------------------
+
+
+def test_a_shipped_config_runs_by_name_from_any_folder(tmp_path):
+    """`poolcli run retrieval photos/ -o out` in a folder that holds neither the config nor
+    its .npy weights: the shipped config and its files come from the package."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("camera.png", "coins.png"):
+        (photos / name).write_bytes((SAMPLES / name).read_bytes())
+    done = cli("run", "retrieval", "photos/", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 descriptors of length 140 to out" in done.stderr
+    vectors, _ = poolcli.read_descriptors(tmp_path / "out")
+    reference = poolcli.Pipeline.from_yaml(ROOT / "configs" / "retrieval.yaml")
+    expected = reference(poolcli.load_image(SAMPLES / "camera.png", reference.config.input))
+    np.testing.assert_array_equal(vectors[0], expected)
+
+
+def test_every_command_takes_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["validate", "gabor_gem"]).stdout.strip() == "gabor_gem: valid (3 stages, writes descriptors of length 48)"
+    assert runner.invoke(app, ["validate", "gabor_gem.yaml"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["inspect", "spp_edges", "--json"]).stdout)["output_shape"] == [126]
+    (tmp_path / "gabor_gem.yaml").write_text("stages: [{type: spoc}]\n")  # a file of that name wins
+    assert "length 3" in runner.invoke(app, ["validate", "gabor_gem.yaml"]).stdout
+
+
+def test_an_unknown_name_suggests_the_nearest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect", "retrievl"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert "no config file retrievl, nor a shipped config named 'retrievl' (did you mean 'retrieval'?" in result.stderr
+
+
+def test_configs_lists_prints_and_copies_the_shipped_configs(tmp_path):
+    listed = runner.invoke(app, ["configs"]).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(p.stem for p in CONFIGS)
+    assert "retrieval            General-purpose retrieval descriptor for near-duplicates and copies" in listed
+    assert runner.invoke(app, ["configs", "gabor_gem"]).stdout == (ROOT / "configs" / "gabor_gem.yaml").read_text()
+    copied = runner.invoke(app, ["configs", "retrieval", "-o", str(tmp_path / "mine")])
+    assert copied.exit_code == 0, copied.output
+    assert copied.stdout.strip() == str(tmp_path / "mine" / "retrieval.yaml")
+    assert sorted(p.name for p in (tmp_path / "mine" / "retrieval").iterdir()) == \
+        sorted(p.name for p in (ROOT / "configs" / "retrieval").iterdir())
+    assert runner.invoke(app, ["validate", str(tmp_path / "mine" / "retrieval.yaml")]).exit_code == 0
+    again = runner.invoke(app, ["configs", "retrieval", "-o", str(tmp_path / "mine")])
+    assert again.exit_code == 1 and "exists already" in again.stderr
+
+
+def test_shipped_configs_and_their_files_are_package_data():
+    """pyproject's package-data globs take every shipped file into a wheel."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["poolcli"]
+    package = ROOT / "poolcli"
+    shipped = [p.relative_to(package).as_posix() for p in (package / "configs").rglob("*") if p.is_file()]
+    assert shipped and all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in shipped)
