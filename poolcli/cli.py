@@ -22,6 +22,8 @@ from poolcli import __version__
 from poolcli.errors import PoolcliError
 
 EXIT_FAILURES = 3
+SIZE_HELP = ("An image's height and width, before the config's input.resize, which is applied as a run applies "
+             "it [default: the size the resize gives, else 512x512].")
 CONFIG_HELP = "Pipeline config: a YAML file, or the name of a config shipped with poolcli (`poolcli configs` lists them)."
 
 app = typer.Typer(
@@ -247,8 +249,8 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
 @cli_errors
 def inspect(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image (after resize)."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image, resized by the config as a run resizes it."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
@@ -259,7 +261,7 @@ def inspect(
     varies = _length_varies(pipeline)
     if as_json:
         print(json.dumps({
-            "input": list(shape),
+            "input": list(shape), "image_size": list(size) if size is not None else None,
             "stages": [
                 {"name": r.name, "type": r.type, "in_shape": _listify(r.in_shape), "out_shape": list(r.out_shape),
                  "params": r.params, "macs": r.macs, "receptive_field": str(r.receptive_field), "out_bytes": r.out_bytes}
@@ -295,13 +297,19 @@ def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | Non
     channels = pipeline.input_channels
     if size is not None and image is not None:
         raise PoolcliError("give --size or --image, not both")
-    if size is not None:
-        return (channels, *size), None
+    resize = pipeline.config.input.resize
+    if size is not None:  # an image's size: the config resizes it as a run does
+        if min(size) < 1:
+            raise PoolcliError(f"--size: height and width must be >= 1, got {size[0]} {size[1]}")
+        if resize is None:
+            return (channels, *size), None
+        target = resize.target(*size)
+        note = f"a {_shape(size)} image is resized to {_shape(target)} by input.resize" if tuple(target) != tuple(size) else None
+        return (channels, *target), note
     if image is not None:
         from poolcli.io.images import probe_shape
 
         return probe_shape(image, pipeline.config.input), None
-    resize = pipeline.config.input.resize
     if resize is not None and resize.size is not None:
         return (channels, *resize.size), None
     side = (resize.longest or resize.shortest) if resize is not None else 512
@@ -376,7 +384,7 @@ def show(
 @cli_errors
 def warmup(
     config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
     """Compile the kernels a config needs (or every stage's) ahead of the first run."""
@@ -410,7 +418,7 @@ def warmup(
 @cli_errors
 def bench(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),

@@ -87,7 +87,9 @@ def test_inspect_and_validate_shipped_configs(config):
     assert result.exit_code == 0, result.output
     assert "output:" in result.stdout and "receptive field" in result.stdout
     data = json.loads(runner.invoke(app, ["inspect", str(config), "--size", "300", "200", "--json"]).stdout)
-    assert data["input"][1:] == [300, 200] and len(data["stages"]) >= 1
+    resize = poolcli.Pipeline.from_yaml(config).config.input.resize
+    assert data["input"][1:] == (list(resize.target(300, 200)) if resize else [300, 200]) and len(data["stages"]) >= 1
+    assert data["image_size"] == [300, 200]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
