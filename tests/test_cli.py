@@ -244,3 +244,19 @@ def test_shipped_configs_and_their_files_are_package_data():
     package = ROOT / "poolcli"
     shipped = [p.relative_to(package).as_posix() for p in (package / "configs").rglob("*") if p.is_file()]
     assert shipped and all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in shipped)
+
+
+def test_the_products_docs_stand_alone():
+    """README, docs/, `poolcli stages TYPE` and every --help never send a user to SPEC, a
+    development file that does not ship."""
+    from poolcli.stages import STAGES
+
+    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    for name in sorted({cls.type_names[0] for cls in STAGES.values()}):
+        texts[f"stages {name}"] = runner.invoke(app, ["stages", name]).stdout
+    for command in [None, *(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)]:
+        args = ([command] if command else []) + ["--help"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage: " in result.stdout, args
+        texts[" ".join(args)] = result.stdout
+    assert [where for where, text in texts.items() if "SPEC" in text] == []
