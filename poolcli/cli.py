@@ -22,6 +22,9 @@ from poolcli import __version__
 from poolcli.errors import PoolcliError
 
 EXIT_FAILURES = 3
+SIZE_HELP = ("An image's height and width, before the config's input.resize, which is applied as a run applies "
+             "it [default: the size the resize gives, else 512x512].")
+CONFIG_HELP = "Pipeline config: a YAML file, or the name of a config shipped with poolcli (`poolcli configs` lists them)."
 
 app = typer.Typer(
     name="poolcli",
@@ -106,8 +109,9 @@ def _root(
 
 def _load(config: Path):
     from poolcli.pipeline import Pipeline
+    from poolcli.shipped import find_config
 
-    return Pipeline.from_yaml(config)
+    return Pipeline.from_yaml(find_config(config))
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ class _Engine(str, Enum):
 @app.command()
 @cli_errors
 def run(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
@@ -147,7 +151,7 @@ def run(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
-    _report_run(err, summary, compiled.count if compiled else 0)
+    _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -194,17 +198,19 @@ def _rate_column(unit: str):
     return Rate()
 
 
-def _compile_watch(console):
-    """Says so on stderr when kernels start compiling (a machine's first run of a config, which is
-    otherwise silent for tens of seconds), and counts them."""
+def _compile_watch(console, what: str = "run of this config"):
+    """Says so on stderr when kernels start compiling (a machine's first ``what``, which is
+    otherwise silent for tens of seconds), and counts them. The cache is per poolcli version
+    and machine (:mod:`poolcli.kernels`), which is what the line says."""
     from poolcli.warmup import CompileWatch
 
     return CompileWatch(lambda: console.print(
-        "compiling kernels: the first run of this config on this machine takes tens of seconds "
-        "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
+        f"compiling kernels: the first {what} on this machine takes tens of seconds (they are cached for "
+        f"later runs of poolcli {__version__} on this machine; `poolcli warmup CONFIG` compiles ahead)",
+        markup=False, emoji=False))
 
 
-def _report_run(console, summary, compiled: int = 0) -> None:
+def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.0) -> None:
     plural = "" if summary.written == 1 else "s"
     if summary.kind == "descriptors":
         what = f"{summary.written} descriptor{plural}" + (f" of length {summary.dim}" if summary.dim else "")
@@ -216,8 +222,10 @@ def _report_run(console, summary, compiled: int = 0) -> None:
     if summary.processed == 0:
         line = f"nothing to do: {summary.out} already holds {what}"
     else:
-        rate = summary.processed / summary.seconds if summary.seconds else 0.0
-        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
+        working = summary.seconds - compile_seconds  # a first run's compiling is not its speed
+        rate = summary.processed / working if working > 0 else 0.0
+        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s" + (
+            f", {compile_seconds:.1f} s of compiling not counted)" if compile_seconds >= 0.05 else ")")
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
         extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
@@ -240,9 +248,9 @@ def _report_run(console, summary, compiled: int = 0) -> None:
 @app.command()
 @cli_errors
 def inspect(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image (after resize)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image, resized by the config as a run resizes it."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
@@ -250,20 +258,35 @@ def inspect(
     shape, note = _input_shape(pipeline, size, image)
     records = pipeline.trace(shape)
     final = records[-1].out_shape
+    varies = _length_varies(pipeline)
     if as_json:
         print(json.dumps({
-            "input": list(shape),
+            "input": list(shape), "image_size": list(size) if size is not None else None,
             "stages": [
                 {"name": r.name, "type": r.type, "in_shape": _listify(r.in_shape), "out_shape": list(r.out_shape),
                  "params": r.params, "macs": r.macs, "receptive_field": str(r.receptive_field), "out_bytes": r.out_bytes}
                 for r in records
             ],
             "kind": pipeline.kind, "output_shape": list(final), "normalize": pipeline.normalize,
+            "length_depends_on_size": varies,
         }, indent=2))
         return
     if note:
         _stderr().print(note)
-    _print_trace(pipeline, shape, records)
+    _print_trace(pipeline, shape, records, varies)
+
+
+def _length_varies(pipeline) -> bool:
+    """Whether a descriptors config's length follows the image's size (a flatten without a fixed
+    resize): then no one length can be promised."""
+    from poolcli.errors import ConfigError
+
+    if pipeline.kind != "descriptors":
+        return False
+    try:
+        return len(pipeline.check_shapes()) > 1
+    except ConfigError:  # no typical size fits; the size asked for did: nothing to compare
+        return False
 
 
 def _listify(shape):
@@ -274,13 +297,19 @@ def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | Non
     channels = pipeline.input_channels
     if size is not None and image is not None:
         raise PoolcliError("give --size or --image, not both")
-    if size is not None:
-        return (channels, *size), None
+    resize = pipeline.config.input.resize
+    if size is not None:  # an image's size: the config resizes it as a run does
+        if min(size) < 1:
+            raise PoolcliError(f"--size: height and width must be >= 1, got {size[0]} {size[1]}")
+        if resize is None:
+            return (channels, *size), None
+        target = resize.target(*size)
+        note = f"a {_shape(size)} image is resized to {_shape(target)} by input.resize" if tuple(target) != tuple(size) else None
+        return (channels, *target), note
     if image is not None:
         from poolcli.io.images import probe_shape
 
         return probe_shape(image, pipeline.config.input), None
-    resize = pipeline.config.input.resize
     if resize is not None and resize.size is not None:
         return (channels, *resize.size), None
     side = (resize.longest or resize.shortest) if resize is not None else 512
@@ -305,7 +334,7 @@ def _shape(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def _print_trace(pipeline, shape, records) -> None:
+def _print_trace(pipeline, shape, records, varies: bool = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(shape)} input", title_justify="left")
@@ -320,7 +349,9 @@ def _print_trace(pipeline, shape, records) -> None:
     final = records[-1].out_shape
     if pipeline.kind == "descriptors":
         norm = ", L2-normalised" if pipeline.normalize == "l2" else ""
-        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})")
+        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})" + (
+            f" for a {_shape(shape[1:])} input: the length depends on the image's size; set input.resize: "
+            "{size: [H, W]} for one length" if varies else ""))
     else:
         out.print(f"output: feature map {_shape(final)} ({pipeline.config.output.dtype})")
 
@@ -331,7 +362,7 @@ def _print_trace(pipeline, shape, records) -> None:
 @app.command()
 @cli_errors
 def show(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
     max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
@@ -339,7 +370,10 @@ def show(
     """Draw each stage's output for one image: one PNG per stage and an overview."""
     from poolcli.show import show as draw
 
-    for path in draw(_load(config), image, out, max_channels):
+    pipeline = _load(config)
+    with _compile_watch(_stderr(), "use of this config"):
+        paths = draw(pipeline, image, out, max_channels)
+    for path in paths:
         print(path)
 
 
@@ -349,8 +383,8 @@ def show(
 @app.command()
 @cli_errors
 def warmup(
-    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help="Pipeline config (YAML) [default: every stage type]."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
     """Compile the kernels a config needs (or every stage's) ahead of the first run."""
@@ -383,8 +417,8 @@ def warmup(
 @app.command()
 @cli_errors
 def bench(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),
@@ -394,7 +428,8 @@ def bench(
 
     pipeline = _load(config)
     shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
-    result = time_stages(pipeline, shape, image, threads=threads)
+    with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
+        result = time_stages(pipeline, shape, image, threads=threads)
     rows = ([result.load] if result.load else []) + result.stages
     total = sum(r.seconds for r in rows)
     if as_json:
@@ -446,11 +481,50 @@ def stages(stage_type: Optional[str] = typer.Argument(None, metavar="TYPE", help
 
 @app.command()
 @cli_errors
-def validate(config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML).")) -> None:
+def validate(config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP)) -> None:
     """Check a config: exit 0 if valid, else one line saying what is wrong."""
     pipeline = _load(config)
-    kinds = {"descriptors": "descriptors", "maps": "feature maps"}
-    print(f"{config}: valid ({len(pipeline.nodes)} stages, writes {kinds[pipeline.kind]})")
+    shapes = pipeline.check_shapes()
+    count = len(pipeline.nodes)
+    print(f"{config}: valid ({count} stage{'' if count == 1 else 's'}, writes {_writes(pipeline, shapes)})")
+
+
+def _writes(pipeline, shapes) -> str:
+    """What a run of ``pipeline`` writes, given :meth:`Pipeline.check_shapes`'s output shapes."""
+    if pipeline.kind == "maps":
+        return "feature maps" + (f" of shape {_shape(next(iter(shapes)))}" if len(shapes) == 1 else "")
+    if len(shapes) == 1:
+        return f"descriptors of length {next(iter(shapes))[0]}"
+    return ("descriptors whose length depends on the image's size (the first image fixes a run's, and images of "
+            "other sizes fail); set input.resize: {size: [H, W]} for one length")
+
+
+@app.command()
+@cli_errors
+def configs(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="A shipped config to print, or to copy with -o."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="DIR", help="Copy NAME, with the files it references, into DIR, to edit it."),
+) -> None:
+    """List the configs shipped with poolcli, which every command takes by name; print or copy one."""
+    from poolcli import shipped
+
+    if name is None:
+        if out is not None:
+            raise PoolcliError("-o needs the NAME of the config to copy")
+        table = [(n, shipped.description(shipped.FOLDER / f"{n}.yaml")) for n in shipped.names()]
+        width = max(len(n) for n, _ in table)
+        for n, text in table:
+            print(f"{n:<{width}}  {text}")
+        return
+    path = shipped.find_config(name)
+    if len(Path(name).parts) != 1 or path.parent != shipped.FOLDER:
+        raise PoolcliError(f"'{name}' is not the name of a shipped config (`poolcli configs` lists them)")
+    if out is None:
+        print(path.read_text(encoding="utf-8"), end="")
+        return
+    copied = shipped.copy_config(name, out)
+    _stderr().print(f"copied {path.stem} and the files it references into {out}: edit and run {copied}", markup=False)
+    print(copied)
 
 
 @app.command()
@@ -500,7 +574,8 @@ def search(
     """Find the descriptors in OUT nearest (cosine) to query images or rows."""
     from poolcli.retrieval.search import search as run_search
 
-    results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+    with _compile_watch(_stderr(), "search with images of this run's config") if queries else contextlib.nullcontext():
+        results, note = run_search(out, queries or [], keys, k, use_index=not exact)
     if note:
         _stderr().print(note, markup=False)
     if as_json:
@@ -534,8 +609,9 @@ def index(
 def eval_(
     arguments: List[str] = typer.Argument(
         ..., metavar="CONFIG... IMAGES...",
-        help="One or more pipeline configs (YAML files; every leading argument ending in .yaml or .yml is one), "
-        "then the photographs: files, folders and globs.",
+        help="One or more pipeline configs (YAML files or names of shipped configs: the first argument and every "
+        "one after it that ends in .yaml or .yml or names a shipped config), then the photographs: files, folders "
+        "and globs.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (a list of reports for several configs)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
@@ -545,10 +621,13 @@ def eval_(
     Several configs are scored on the same images and copies and shown side by side, e.g. pooling
     heads (MAC, GeM, R-MAC) on one trunk."""
     from poolcli.retrieval.evaluate import evaluate_many
+    from poolcli.shipped import find_config
 
     configs, images = _configs_then_images(arguments)
+    configs = [find_config(config) for config in configs]
     err = _stderr()
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
+    with (_progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress,
+          _compile_watch(err, "evaluation of " + ("this config" if len(configs) == 1 else "these configs"))):
         reports = evaluate_many(configs, images, progress=progress)
     if as_json:
         payload = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
@@ -558,9 +637,17 @@ def eval_(
 
 
 def _configs_then_images(arguments: list[str]) -> tuple[list[str], list[str]]:
-    """The first argument and every one after it that ends in .yaml/.yml, then the rest."""
+    """The first argument and every one after it that ends in .yaml/.yml or names a shipped config
+    (and is no file or folder here), then the rest."""
+    from poolcli.shipped import names
+
+    shipped = set(names())
+
+    def is_config(argument: str) -> bool:
+        return argument.lower().endswith((".yaml", ".yml")) or (argument in shipped and not Path(argument).exists())
+
     count = 1
-    while count < len(arguments) and arguments[count].lower().endswith((".yaml", ".yml")):
+    while count < len(arguments) and is_config(arguments[count]):
         count += 1
     if count == len(arguments):
         raise typer.BadParameter("give the images to evaluate on after the config(s)", param_hint="IMAGES")
@@ -600,4 +687,14 @@ def _print_eval(reports) -> None:
 
 
 def main() -> None:
-    app(prog_name="poolcli")
+    try:
+        app(prog_name="poolcli")
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted: the line is printed and every file poolcli writes is whole or absent.
+            # A worker thread may be compiling a kernel for seconds more (compiling does not
+            # stop for a signal), and Python's exit would wait for it: leave at once instead.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

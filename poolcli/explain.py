@@ -1,5 +1,5 @@
 """What ``poolcli stages`` prints: the catalogue, and one stage explained with a worked
-example computed live on the SPEC's 4x4 map."""
+example computed live on the 4x4 map of the docs."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def _parameters(cls) -> list[str]:
         lines.append(f"  {field.alias or name}: {default}  [{annotation}]")
         if field.description:
             lines.extend("      " + line for line in textwrap.wrap(field.description, 88))
-    lines.append("  name, from: accepted by every stage (see SPEC section 3)")
+    lines.append("  name, from: accepted by every stage (name: the stage's own, unique; from: the earlier stage, or "
+                 "input, whose output it takes instead of the previous stage's)")
     return lines
 
 

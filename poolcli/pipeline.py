@@ -203,10 +203,56 @@ class Pipeline:
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.trace(shape)[-1].out_shape
 
+    def probe_shapes(self) -> list[tuple[int, int, int]]:
+        """Input shapes that stand for every image a run may give: the one shape a fixed resize
+        gives, else square, landscape and portrait ones of the size ``input.resize`` leads to
+        (a typical photo's sizes without a resize)."""
+        channels, resize = self.input_channels, self.config.input.resize
+        if resize is not None and resize.size is not None:
+            return [(channels, *resize.size)]
+        sizes = [(512, 512), (480, 640), (640, 480), (256, 1024), (1024, 256), (1536, 2048), (2048, 1536)]
+        if resize is not None:
+            sizes = list(dict.fromkeys(resize.target(h, w) for h, w in sizes))
+        return [(channels, h, w) for h, w in sizes]
+
+    def check_shapes(self) -> set[tuple[int, ...]]:
+        """Check the rules of shape that hold whatever the image's size (a stage given a vector
+        where it needs a map, channels that do not match, a whitening of another length); return
+        the output shapes of :meth:`probe_shapes`, several where the output follows the image's
+        size (a ``flatten`` without a fixed resize).
+
+        Raises :class:`ConfigError` naming the stage when no input shape fits the config, which
+        then could not run on any image; a problem only some sizes have (a 3x3 window on a 2x2
+        map) is not an error here: ``inspect`` shows it, and a run records such images as
+        failures."""
+        shapes, first_error = set(), None
+        for shape in self.probe_shapes():
+            try:
+                shapes.add(self.output_shape(shape))
+            except ShapeError as exc:
+                first_error = first_error or exc
+        if not shapes:
+            names = [node.name for node in self.nodes]
+            loc = ("stages", names.index(first_error.stage)) if first_error.stage in names else ()
+            message = f"{first_error} (whatever the image's size: no image can run through this config)"
+            if self.text is not None:
+                line = line_of(self.text, loc) if loc else None
+                message = f"{self.source}:{line}: {message}" if line else f"{self.source}: {message}"
+            raise ConfigError(message, loc=loc)
+        return shapes
+
     # --- running ----------------------------------------------------------------------------
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map.
+        """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map
+        (or (H, W): one channel), or to a batch: an (N, C, H, W) array or a list of arrays,
+        whose outputs are stacked, (N, D) descriptors or (N, C', H', W') maps (maps of a list
+        must then share one shape).
+
+        Values are taken as they are, cast to float32: decode files with :func:`poolcli.load_image`
+        (8-bit images / 255) for what a run computes. uint8 and uint16 arrays, the pixels of an
+        image read some other way, are refused rather than taken as 0-255 or 0-65535; so is an
+        (H, W, C) array, as ``np.asarray(Image.open(path))`` gives.
 
         With ``multiscale`` (as cnnimageretrieval-pytorch's ``extract_ms``): the standardised
         input is resized by each scale (bilinear, = torch ``interpolate``), each scale's
@@ -216,6 +262,9 @@ class Pipeline:
 
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
+        batch = _batch(x)
+        if batch is not None:
+            return _stack([self(item) for item in batch])
         x = _as_map(x)
         costs = self._fits.get(x.shape)
         if costs is None:
@@ -362,12 +411,48 @@ class _StageThreads:
 
 
 def _as_map(x: np.ndarray) -> np.ndarray:
+    """``x`` as a contiguous float32 (C, H, W) map, or a clear error for what it cannot be."""
     x = np.asarray(x)
+    if x.dtype in (np.uint8, np.uint16):
+        bits = 8 * x.dtype.itemsize
+        raise ShapeError(
+            f"the input is {x.dtype} (an image's {bits}-bit pixels?): a pipeline takes values as they are, and "
+            f"decoded images are in [0, 1]; pass x / {2 ** bits - 1} (as poolcli.load_image scales {bits}-bit "
+            "images), or x.astype(np.float32) to keep the values"
+        )
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
         raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
+    # An image's size, then 1 to 4 colours: (H, W, C). Maps of 16 or more channels and rows
+    # are at least 16 pixels wide in practice, the width this takes for colours.
+    if x.shape[2] in (1, 3, 4) and min(x.shape[:2]) >= 16:
+        raise ShapeError(
+            f"the input has shape {x.shape}: that is (H, W, C), as np.asarray(Image.open(path)) gives, and a "
+            "pipeline takes (C, H, W); pass x.transpose(2, 0, 1), or read the file with poolcli.load_image"
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _batch(x) -> list | None:
+    """The items of a batch, an (N, C, H, W) array or a list or tuple of arrays; None for one map."""
+    if isinstance(x, (list, tuple)):
+        if x and all(isinstance(item, np.ndarray) for item in x):
+            return list(x)
+        if not x:
+            raise ShapeError("the input is an empty list: give a map, or a list of at least one")
+        return None  # nested lists of numbers: one map
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        return list(x)
+    return None
+
+
+def _stack(outputs: list[np.ndarray]) -> np.ndarray:
+    shapes = sorted({y.shape for y in outputs})
+    if len(shapes) > 1:
+        raise ShapeError(f"the batch's outputs have different shapes ({', '.join(map(str, shapes[:3]))}): "
+                         "call the pipeline on each map, or resize the maps to one size")
+    return np.stack(outputs)
 
 
 def _rescale(scale: float) -> Upsample:

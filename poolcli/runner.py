@@ -187,8 +187,10 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
                                             on_image=one_done if progress else None)
             done_stats[shard] = stats
             summary.failures.extend(failures)
-    finally:
-        decoded.close()
+    except BaseException:  # Ctrl-C, a full disk: stop now, not once a worker's kernel has compiled
+        decoded.close(wait=False)
+        raise
+    decoded.close()
 
 
 def merge_map_shapes(a, b):
@@ -374,8 +376,9 @@ class DecodeAhead:
         self._submit()
         return item
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers; with ``wait``, once the image each one holds is done."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:

@@ -327,3 +327,34 @@ def test_sigint_stops_cleanly_and_the_run_resumes(tmp_path):
     result = cli(*command[3:])
     assert result.returncode == 3, result.stderr
     assert_same_rows(out, reference)
+
+
+def test_sigint_while_kernels_compile_stops_at_once(tmp_path):
+    """Ctrl-C while a first run compiles its kernels (tens of seconds of compiling, in worker
+    threads that no signal stops): the run exits with its one line at once instead of when the
+    compiling ends, and the same command then runs to the end."""
+    images = make_images(tmp_path / "images", 3, size=(64, 64))
+    config = config_file(tmp_path, {
+        "stages": [{"type": "conv", "filters": "gabor", "orientations": 4, "channels": "each", "padding": "same"},
+                   {"type": "fractional_max_pool", "kernel_size": 2, "output_ratio": 0.7, "seed": 1},
+                   {"type": "soft_pool", "kernel_size": 2}, {"type": "rmac"}],
+    })
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "poolcli", "run", str(config), str(images), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / "cache")}  # nothing compiled yet
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first_line = process.stderr.readline()
+    assert first_line.startswith("compiling kernels"), first_line
+    time.sleep(0.5)  # well inside the compiling
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    latency = time.monotonic() - sent
+    print(f"SIGINT while compiling to exit: {latency:.3f} s")
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["error: interrupted; run the same command again to resume"]
+    # Compiling these kernels takes over 15 s here: an exit within 5 s did not wait for it.
+    assert latency < 5, f"the run went on for {latency:.1f} s after Ctrl-C"
+    assert not (out / "stats").exists() or not any((out / "stats").iterdir())
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 3, result.stderr

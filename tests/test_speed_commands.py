@@ -30,9 +30,9 @@ def test_bench_times_every_needed_stage_and_shares_sum_to_one():
     result = invoke("bench", GABOR_GEM, "--size", 40, 48, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["input"] == [3, 40, 48]
+    assert data["input"] == [3, 213, 256]  # a 40x48 image, resized as a run resizes it (longest 256)
     assert [s["name"] for s in data["stages"]] == ["gabor", "pool", "gem"]
-    assert [s["out_shape"] for s in data["stages"]] == [[48, 40, 48], [48, 20, 24], [48]]
+    assert [s["out_shape"] for s in data["stages"]] == [[48, 213, 256], [48, 106, 128], [48]]
     assert all(s["seconds"] > 0 for s in data["stages"]) and data["pipeline_seconds"] > 0
     assert abs(sum(s["share"] for s in data["stages"]) - 1) < 1e-9
 
@@ -52,6 +52,25 @@ def test_bench_table_names_each_stage():
         assert word in result.stdout
 
 
+def test_size_is_an_images_size_resized_as_a_run_resizes_it(tmp_path):
+    """inspect --size, bench --size and --image answer for the same input: the config's resize
+    applies to all three, as it does in a run."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.open(PHOTO).convert("RGB").resize((400, 300)).save(photo)
+    by_size = invoke("inspect", GABOR_GEM, "--size", 300, 400, "--json")
+    by_image = invoke("inspect", GABOR_GEM, "--image", photo, "--json")
+    assert json.loads(by_size.stdout)["input"] == json.loads(by_image.stdout)["input"] == [3, 192, 256]
+    assert json.loads(by_size.stdout)["image_size"] == [300, 400]
+    table = invoke("inspect", GABOR_GEM, "--size", 300, 400)
+    assert "a 300x400 image is resized to 192x256 by input.resize" in table.stderr
+    assert "gabor-gem on a 3x192x256 input" in table.stdout
+    timed = json.loads(invoke("bench", GABOR_GEM, "--size", 300, 400, "--json").stdout)
+    assert timed["input"] == [3, 192, 256]
+    assert "before the config's input.resize" in " ".join(invoke("inspect", "--help").stdout.split())
+
+
 def test_bench_skips_stages_the_output_does_not_need(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("stages:\n  - {type: max_pool, kernel_size: 2, name: unused}\n"
@@ -64,8 +83,14 @@ def test_bench_skips_stages_the_output_does_not_need(tmp_path):
     (["--size", 4, 4], "stage 'gabor'"),  # a 15x15 kernel with reflect padding on a 4x4 map
     (["--size", 32, 32, "--threads", 0], "--threads must be between 1 and"),
 ])
-def test_bench_errors_are_one_line(args, message):
-    result = invoke("bench", GABOR_GEM, *args)
+def test_bench_errors_are_one_line(tmp_path, args, message):
+    import yaml
+
+    config = yaml.safe_load(GABOR_GEM.read_text())
+    del config["input"]["resize"]  # --size is then the map's size
+    path = tmp_path / "gabor_gem.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("bench", path, *args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
@@ -135,6 +160,33 @@ def test_a_first_run_says_it_compiles_and_how_many(tmp_path):
     assert first.startswith("compiling kernels: the first run of this config") and "`poolcli warmup CONFIG`" in first
     assert "1 kernel compiled (cached for later runs)" in first
     assert "compil" not in second and "wrote 1 descriptor of length 3 " in second
+
+
+def test_every_command_that_compiles_says_so(tmp_path):
+    """search (with an image query), show, bench and eval compile on a cold cache too: each says
+    so, as run does, and says nothing of it once the kernels are cached."""
+    config = tmp_path / "spoc.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}, {type: spoc}]\n")
+    photo, other = REPO / "sample_images" / "camera.png", REPO / "sample_images" / "coins.png"
+
+    def command(cache, *args, code=0):
+        env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / cache)}
+        done = subprocess.run([sys.executable, "-m", "poolcli", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=REPO)
+        assert done.returncode == code, done.stderr
+        return done.stderr
+
+    command("run", "run", config, photo, other, "-o", tmp_path / "out")
+    commands = {
+        "search": ["search", tmp_path / "out", photo],
+        "show": ["show", config, photo, "-o", tmp_path / "pictures"],
+        "bench": ["bench", config, "--size", 16, 16],
+        "eval": ["eval", config, photo, other, "--no-progress"],
+    }
+    for name, args in commands.items():
+        cold, warm = command(name, *args), command(name, *args)
+        assert "compiling kernels: the first" in cold and f"later runs of poolcli {poolcli.__version__} on this machine" in cold, name
+        assert "compiling" not in warm, name
 
 
 def test_warmup_without_a_config_runs_every_stage_type():
