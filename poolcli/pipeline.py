@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from poolcli.config import PipelineConfig, line_of, load_config, read_config_file
+from poolcli.config import PipelineConfig, line_of, load_config, open_weights, read_config_file
 from poolcli.errors import ConfigError, ShapeError
 from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
 from poolcli.stages.global_pool import GeMPool
@@ -488,7 +488,7 @@ def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads:
     nodes: list[Node] = []
     names = {"input"}
     earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
-    context = {"base_dir": config.base_dir}
+    context = {"base_dir": config.base_dir, "weights": open_weights(config)}
     for index, raw in enumerate(config.stages):
         if raw.get("type") == INCLUDE:
             added = _include(raw, index, config, nodes, names, included, reads)
