@@ -5,14 +5,24 @@ says. ``.npy`` files are recognised by their magic bytes and taken as they are; 
 goes to Pillow, limited to the formats poolcli accepts (PNG, JPEG, BMP, TIFF, WebP, GIF's first
 frame), so that no other Pillow plugin (EPS runs Ghostscript) ever sees an input.
 
-An image then goes through these steps, all in float32 so that 16-bit precision survives:
+An image then goes through these steps:
 
-1. the EXIF orientation is applied (``width`` and ``height`` are reported after it);
-2. the pixels become floats: 8-bit / 255, 16-bit / 65535, float kept (see :func:`_to_float`);
-3. alpha is composited over ``input.alpha`` (white or black);
-4. ``color: gray`` takes the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` (the weights of
+1. shrink on load (``input.decode: reduced``, the default, when ``input.resize`` shrinks the
+   image): a JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8, Pillow's ``draft``) that
+   still leaves at least the target size, and an 8-bit gray or RGB image of any format is then
+   reduced by Pillow's ``reduce`` (a box average over whole blocks) while at least
+   :data:`REDUCING_GAP` times the target remains, so that no full-size float copy of a large
+   photo is ever made. ``decode: full`` skips this step (and the next), for results equal to a
+   plain full-size Pillow decode;
+2. the EXIF orientation is applied (``width`` and ``height`` are reported after it, at the size
+   stored in the file, whatever step 1 decoded);
+3. the pixels become floats: 8-bit / 255, 16-bit / 65535, float kept (see :func:`_to_float`),
+   all in float32 from here so that 16-bit precision survives;
+4. alpha is composited over ``input.alpha`` (white or black);
+5. ``color: gray`` takes the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` (the weights of
    Pillow's ``L`` conversion), ``color: rgb`` repeats a gray image over three channels;
-5. ``input.resize`` resamples each channel with Pillow's filter on a mode ``F`` image.
+6. ``input.resize`` resamples each channel with Pillow's filter on a mode ``F`` image, to the
+   size computed from the stored size.
 
 Mean and std are not applied here: the pipeline does that.
 
@@ -55,6 +65,14 @@ from poolcli.config import InputConfig
 from poolcli.errors import ImageError
 from poolcli.io.storage import read_bytes
 
+#: Pillow's ``reduce`` shrinks an image (other than a JPEG, which libjpeg shrinks) only by whole
+#: factors that leave at least this many times the target size in each direction, so that the
+#: final resize with the config's filter does most of the work: a block that straddles the
+#: final filter's windows then weighs little. Box, bilinear and Lanczos resizes of a 2048 x 2048
+#: photograph to 128 x 128 after reduce(4) differ from the full ones by at most 0.3, 2.6 and
+#: 1.9 / 255 (mean 0.05 to 0.18 / 255); after reduce(5), a gap of 3, by up to 57 / 255.
+REDUCING_GAP = 4
+
 #: The ``--max-pixels`` default: Pillow's own ``MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -93,6 +111,8 @@ _FULL_SCALE = {
 _UNBOUNDED_MODES = ("I", "F")
 
 _LUMA = (np.float32(0.299), np.float32(0.587), np.float32(0.114))
+
+_QUARTER_TURNS = (5, 6, 7, 8)  # the orientations that swap width and height
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -179,9 +199,9 @@ def decode(
         array = _decode_npy(data, max_pixels)
         return array, ImageInfo(array.shape[2], array.shape[1], "npy", 1, sha256)
     with _pillow_errors():
-        color, alpha, mode, orientation = _decode_pixels(data, max_pixels)
-    height, width = color.shape[1:]
-    array = _prepare(color, alpha, config, bounded=mode not in _UNBOUNDED_MODES)
+        color, alpha, mode, orientation, (width, height) = _decode_pixels(data, max_pixels, config)
+    size = config.resize.target(height, width) if config.resize is not None else None
+    array = _prepare(color, alpha, config, size, bounded=mode not in _UNBOUNDED_MODES)
     return array, ImageInfo(width, height, mode, orientation, sha256)
 
 
@@ -206,7 +226,7 @@ def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -
         return _decode_npy(data, None).shape
     with _pillow_errors(), _open_image(data) as image:
         width, height = image.size
-        if _exif_orientation(image) in (5, 6, 7, 8):  # the transposes and quarter turns
+        if _exif_orientation(image) in _QUARTER_TURNS:
             width, height = height, width
     if config.resize is not None:
         height, width = config.resize.target(height, width)
@@ -305,18 +325,51 @@ def _open_image(data: bytes) -> Image.Image:
         raise ImageError("cannot identify image file: not PNG, JPEG, BMP, TIFF, WebP, GIF or .npy content") from None
 
 
-def _decode_pixels(data: bytes, max_pixels: int | None):
-    """(color (c, H, W), alpha (H, W) or None, stored mode, EXIF orientation), upright."""
+def _decode_pixels(data: bytes, max_pixels: int | None, config: InputConfig):
+    """(color (c, h, w), alpha (h, w) or None, stored mode, EXIF orientation, upright (W, H)),
+    upright; (h, w) is smaller than (H, W) where the image was shrunk on load."""
     with _open_image(data) as image:
         _check_pixels(image.width, image.height, max_pixels)
-        if image.format in ("JPEG", "MPO"):
+        jpeg = image.format in ("JPEG", "MPO")
+        if jpeg:
             _check_jpeg_scans(data)
-        mode = image.mode
+        mode, stored = image.mode, image.size
+        shrink = config.decode == "reduced" and config.resize is not None
+        if shrink and jpeg:  # a JPEG's EXIF is in its header: the orientation is known before decoding
+            _draft(image, config.resize, _exif_orientation(image))
         image.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
         orientation = _exif_orientation(image)
         upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
+        size = stored[::-1] if orientation in _QUARTER_TURNS else stored
+        if shrink:
+            upright = _reduce(upright, config.resize.target(size[1], size[0]))
         color, alpha = _to_float(upright)
-    return color, alpha, mode, orientation
+    return color, alpha, mode, orientation, size
+
+
+def _draft(image: Image.Image, resize, orientation: int) -> None:
+    """Have libjpeg decode ``image`` at the largest DCT scale (1/2, 1/4 or 1/8) that leaves at
+    least the size ``resize`` asks of the upright image, in each direction."""
+    width, height = image.size
+    if orientation in _QUARTER_TURNS:
+        target_w, target_h = resize.target(width, height)  # the upright image's (H, W) is (width, height)
+    else:
+        target_h, target_w = resize.target(height, width)
+    if target_w < width and target_h < height:
+        image.draft(image.mode, (target_w, target_h))  # Pillow picks the scale: ceil(size / scale) >= target
+
+
+def _reduce(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``image`` box-averaged over whole blocks (Pillow's ``reduce``, in 8 bits) by the largest
+    factors that leave :data:`REDUCING_GAP` times ``target`` (H, W); unchanged where none does,
+    and for modes other than 8-bit gray and RGB (alpha would need premultiplying first)."""
+    if image.mode not in ("L", "RGB"):
+        return image
+    factor_x = max(1, image.width // (REDUCING_GAP * target[1]))
+    factor_y = max(1, image.height // (REDUCING_GAP * target[0]))
+    if factor_x == factor_y == 1:
+        return image
+    return image.reduce((factor_x, factor_y))
 
 
 def _check_jpeg_scans(data: bytes) -> None:
@@ -398,15 +451,16 @@ def _to_float(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return values, None
 
 
-def _prepare(color: np.ndarray, alpha: np.ndarray | None, config: InputConfig, bounded: bool) -> np.ndarray:
-    """Composite, convert colour, resize: the float steps after decoding."""
+def _prepare(color: np.ndarray, alpha: np.ndarray | None, config: InputConfig, size: tuple[int, int] | None,
+             bounded: bool) -> np.ndarray:
+    """Composite, convert colour, resize to ``size`` (H, W; None: as it is): the float steps
+    after decoding."""
     if alpha is not None:
         background = np.float32(1.0 if config.alpha == "white" else 0.0)
         color = background + (color - background) * alpha
     if config.color == "gray" and color.shape[0] == 3:
         color = (_LUMA[0] * color[0] + _LUMA[1] * color[1] + _LUMA[2] * color[2])[np.newaxis]
-    if config.resize is not None:
-        size = config.resize.target(color.shape[1], color.shape[2])
+    if size is not None:
         color = _resize(color, size, config.interpolation, bounded)
     if config.color == "rgb" and color.shape[0] == 1:
         color = np.repeat(color, 3, axis=0)
