@@ -1,16 +1,28 @@
-"""Phone photos: shrink on load (``input.decode``), checked against Pillow steps done by hand."""
+"""Phone photos: shrink on load (``input.decode``), checked against Pillow steps done by hand;
+AVIF, HEIC through pillow-heif, ICC profiles, 16-bit colour PNGs."""
 
 from __future__ import annotations
 
+import io
+import struct
+import subprocess
+import sys
 import tracemalloc
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, features
 
-from fixtures import SAMPLE_IMAGES, photo
+from fixtures import SAMPLE_IMAGES, _chunk, display_p3_profile, photo
 from poolcli.config import InputConfig
+from poolcli.errors import ImageError
 from poolcli.io.images import REDUCING_GAP, decode
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 ORIENTATION = 0x0112
 
@@ -160,3 +172,157 @@ def test_the_fixture_photo_keeps_its_exact_pixels_under_decode_full(tmp_path):
     full, _ = decode(path, InputConfig(resize={"size": [32, 48]}, decode="full"))
     np.testing.assert_array_equal(full, resized_by_hand(photo(), (32, 48), "bilinear"))
     assert np.abs(reduced - full).max() < 8 / 255 and np.abs(reduced - full).mean() < 1 / 255
+
+
+# --- formats ---------------------------------------------------------------------------------
+
+requires_avif = pytest.mark.skipif(not features.check("avif"), reason="Pillow built without libavif")
+
+
+def exact(image: Image.Image) -> np.ndarray:
+    return float_planes(image.convert("RGB"))
+
+
+@requires_avif
+def test_avif_loads_by_its_content(tmp_path):
+    photo().save(tmp_path / "photo.avif", quality=95)
+    (tmp_path / "photo.avif").rename(tmp_path / "named.jpg")  # decoded by content, as every format
+    array, info = decode(tmp_path / "named.jpg")
+    assert (info.width, info.height, info.mode) == (451, 300, "RGB")
+    assert np.abs(array - exact(photo())).mean() < 3 / 255
+
+
+def test_heic_loads_through_pillow_heif(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(photo()).save(tmp_path / "photo.heic", quality=95)
+    array, info = decode(tmp_path / "photo.heic")
+    assert (info.width, info.height, info.exif_orientation) == (451, 300, 1)
+    assert np.abs(array - exact(photo())).mean() < 3 / 255
+
+
+def test_a_sideways_heic_is_shown_upright_once(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    stored = photo().transpose(Image.Transpose.ROTATE_90)
+    pillow_heif.from_pillow(stored).save(tmp_path / "sideways.heic", quality=95, exif=exif.tobytes())
+    array, info = decode(tmp_path / "sideways.heic", InputConfig(resize={"longest": 200}))
+    assert (info.width, info.height, info.exif_orientation) == (451, 300, 6)
+    assert array.shape == (3, 133, 200)
+    assert np.abs(array - resized_by_hand(photo(), (133, 200), "bilinear")).mean() < 3 / 255
+
+
+def test_pillow_heif_is_registered_on_the_first_heif_file_only(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(photo()).save(tmp_path / "photo.heic", quality=80)
+    photo().save(tmp_path / "photo.png")
+    script = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "from poolcli.io.images import decode\n"
+        f"decode({str(tmp_path / 'photo.png')!r})\n"
+        "before = ('pillow_heif' in sys.modules, 'HEIF' in Image.OPEN)\n"
+        f"decode({str(tmp_path / 'photo.heic')!r})\n"
+        "print(before, ('pillow_heif' in sys.modules, 'HEIF' in Image.OPEN))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "(False, False) (True, True)", done.stderr
+
+
+def test_a_heic_without_the_plugin_is_a_failure_row(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pillow_heif.from_pillow(photo()).save(folder / "phone.heic", quality=80)
+    photo().save(folder / "photo.png")
+    script = (  # this process cannot import pillow_heif, as where it is not installed
+        "import sys\n"
+        "sys.modules['pillow_heif'] = None\n"
+        "sys.argv = ['poolcli', 'run', sys.argv[1], sys.argv[2], '-o', sys.argv[3], '--no-progress']\n"
+        "from poolcli.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(CONFIGS / "retrieval.yaml"), str(folder),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    failures = pq.read_table(tmp_path / "out" / "failures" / "part-00000.parquet").to_pylist()
+    assert [(Path(f["path"]).name, f["stage"]) for f in failures] == [("phone.heic", "load")]
+    assert failures[0]["error"] == "HEIC/HEIF image: reading it needs the pillow-heif plugin (pip install 'poolcli[heif]')"
+    assert pq.read_table(tmp_path / "out" / "metadata" / "part-00000.parquet").column("path").to_pylist() == [
+        str(folder / "photo.png")]
+
+
+def p3_twin(image: Image.Image) -> Image.Image:
+    """``image`` (sRGB) converted to Display P3 by ImageCms, as a phone stores the same colours."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
+    return ImageCms.profileToProfile(image, srgb, p3, outputMode="RGB")
+
+
+@pytest.mark.parametrize("fmt, suffix, mean", [("PNG", "png", 0.6), ("JPEG", "jpg", 1.5)])  # JPEG: two lossy encodes
+def test_a_display_p3_photo_and_its_srgb_twin_give_close_arrays_and_descriptors(tmp_path, fmt, suffix, mean):
+    from poolcli.pipeline import Pipeline
+
+    quality = {"quality": 95} if fmt == "JPEG" else {}
+    photo().save(tmp_path / f"srgb.{suffix}", fmt, **quality)
+    p3_pixels = p3_twin(photo())
+    p3_pixels.save(tmp_path / f"p3.{suffix}", fmt, icc_profile=display_p3_profile(), **quality)
+    srgb, _ = decode(tmp_path / f"srgb.{suffix}")
+    p3, _ = decode(tmp_path / f"p3.{suffix}")
+    unconverted, _ = decode(tmp_path / f"p3.{suffix}", InputConfig(decode="full"))
+    assert np.abs(p3 - srgb).mean() < mean / 255
+    assert np.abs(unconverted - srgb).mean() > 2.5 / 255  # what the conversion undoes
+    with Image.open(tmp_path / f"p3.{suffix}") as stored:
+        np.testing.assert_array_equal(unconverted, exact(stored))  # full: the pixels as stored
+
+    pipeline = Pipeline.from_yaml(CONFIGS / "retrieval.yaml")
+    config = pipeline.config.input
+    ours, twin = (pipeline(decode(tmp_path / name, config)[0]) for name in (f"srgb.{suffix}", f"p3.{suffix}"))
+    plain = pipeline(decode(tmp_path / f"p3.{suffix}", config.model_copy(update={"decode": "full"}))[0])
+    assert float(ours @ twin) > 1 - 1e-4 and float(ours @ twin) > float(ours @ plain)
+
+
+def test_an_srgb_profile_changes_almost_nothing(tmp_path):
+    srgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo().save(tmp_path / "tagged.png", icc_profile=srgb_profile)
+    array, _ = decode(tmp_path / "tagged.png")
+    assert np.abs(array - exact(photo())).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("image, profile, reason", [
+    (photo(), b"not an ICC profile at all", r"^cannot apply the image's ICC colour profile: OSError: cannot open profile"),
+    (photo().convert("L"), display_p3_profile(), r"^cannot apply the image's ICC colour profile: PyCMSError: cannot build transform$"),
+])
+def test_a_broken_or_mismatched_profile_is_an_image_error(tmp_path, image, profile, reason):
+    image.save(tmp_path / "broken.png", icc_profile=profile)
+    with pytest.raises(ImageError, match=reason):
+        decode(tmp_path / "broken.png")
+    decode(tmp_path / "broken.png", InputConfig(decode="full"))  # its pixels are fine: full ignores profiles
+
+
+def test_profiles_convert_the_same_on_many_threads(tmp_path):
+    paths = []
+    for index in range(6):
+        path = tmp_path / f"p3_{index}.jpg"
+        p3_twin(photo().rotate(index * 30)).save(path, quality=90, icc_profile=display_p3_profile())
+        paths.append(path)
+    config = InputConfig(resize={"longest": 200})
+    serial = [decode(path, config)[0] for path in paths * 3]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda path: decode(path, config)[0], paths * 3))
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_16_bit_rgb_png_is_read_at_8_bits_as_pillow_reads_it(tmp_path):
+    """The documented limit: Pillow has no 16-bit colour mode, and keeps each sample's high
+    byte (16-bit gray PNGs keep all 16 bits: see test_images.py)."""
+    rng = np.random.default_rng(3)
+    samples = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 7, 5, 16, 2, 0, 0, 0))
+                     + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+    array, info = decode(path)
+    assert info.mode == "RGB"
+    np.testing.assert_array_equal(array, np.moveaxis((samples >> 8).astype(np.float32) / 255, 2, 0))

@@ -3,7 +3,9 @@
 The file is read once: its bytes are hashed, then decoded by content whatever the extension
 says. ``.npy`` files are recognised by their magic bytes and taken as they are; everything else
 goes to Pillow, limited to the formats poolcli accepts (PNG, JPEG, BMP, TIFF, WebP, GIF's first
-frame), so that no other Pillow plugin (EPS runs Ghostscript) ever sees an input.
+frame, AVIF where Pillow was built with libavif, HEIC/HEIF where the optional pillow-heif plugin
+is installed), so that no other Pillow plugin (EPS runs Ghostscript) ever sees an input.
+pillow-heif is imported and registered with Pillow on the first HEIF file, never before.
 
 An image then goes through these steps:
 
@@ -15,7 +17,10 @@ An image then goes through these steps:
    photo is ever made. ``decode: full`` skips this step (and the next), for results equal to a
    plain full-size Pillow decode;
 2. the EXIF orientation is applied (``width`` and ``height`` are reported after it, at the size
-   stored in the file, whatever step 1 decoded);
+   stored in the file, whatever step 1 decoded); an embedded ICC profile of an RGB, RGBA, gray
+   or CMYK image is converted to sRGB with Pillow's ImageCms (``decode: reduced`` only: a plain
+   Pillow pipeline ignores profiles, and ``full`` gives its pixels); a profile that cannot be
+   read or applied makes the file a failure;
 3. the pixels become floats: 8-bit / 255, 16-bit / 65535, float kept (see :func:`_to_float`),
    all in float32 from here so that 16-bit precision survives;
 4. alpha is composited over ``input.alpha`` (white or black);
@@ -37,10 +42,12 @@ start-up.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import stat
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -61,6 +68,11 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
+try:  # Pillow 11.2 and newer; it reads AVIF where it was built with libavif
+    from PIL import AvifImagePlugin  # noqa: F401
+except ImportError:
+    AvifImagePlugin = None
+
 from poolcli.config import InputConfig
 from poolcli.errors import ImageError
 from poolcli.io.storage import read_bytes
@@ -76,8 +88,17 @@ REDUCING_GAP = 4
 #: The ``--max-pixels`` default: Pillow's own ``MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-#: Pillow format names tried, in this order. "JPEG" covers camera MPO files too.
-FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+#: Pillow format names tried, in this order. "JPEG" covers camera MPO files too. "HEIF" is
+#: added for a file whose ftyp box names a HEIF brand, once pillow-heif is registered.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF") + (("AVIF",) if AvifImagePlugin is not None else ())
+
+#: ISO base media brands (the file's ftyp box) of HEIF images coded with HEVC: HEIC photos.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
+HEIF_INSTALL = "pip install 'poolcli[heif]'"
+
+#: Modes whose embedded ICC profile is converted to sRGB (into RGB, RGBA with alpha kept).
+#: Others (16-bit, float, palette, LA) keep their values: see :func:`_to_srgb`.
+ICC_MODES = ("RGB", "RGBA", "L", "CMYK")
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -226,7 +247,7 @@ def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -
         return _decode_npy(data, None).shape
     with _pillow_errors(), _open_image(data) as image:
         width, height = image.size
-        if _exif_orientation(image) in _QUARTER_TURNS:
+        if image.format != "HEIF" and _exif_orientation(image) in _QUARTER_TURNS:  # libheif turns HEIFs itself
             width, height = height, width
     if config.resize is not None:
         height, width = config.resize.target(height, width)
@@ -319,10 +340,44 @@ def _decode_npy(data: bytes, max_pixels: int | None) -> np.ndarray:
 
 def _open_image(data: bytes) -> Image.Image:
     """Pillow's lazy image (header read, no pixels yet) for one of the accepted formats."""
+    formats = FORMATS
+    if _heif_brands(data) & HEIF_BRANDS:
+        if not _heif_registered():
+            raise ImageError(f"HEIC/HEIF image: reading it needs the pillow-heif plugin ({HEIF_INSTALL})")
+        formats = formats + ("HEIF",)
     try:
-        return Image.open(io.BytesIO(data), formats=FORMATS)
+        return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
-        raise ImageError("cannot identify image file: not PNG, JPEG, BMP, TIFF, WebP, GIF or .npy content") from None
+        raise ImageError("cannot identify image file: not PNG, JPEG, BMP, TIFF, WebP, GIF, AVIF, HEIC or .npy "
+                         "content") from None
+
+
+def _heif_brands(data: bytes) -> set[bytes]:
+    """The major and compatible brands of an ISO base media file's leading ftyp box (none if
+    ``data`` does not start with one)."""
+    if data[4:8] != b"ftyp":
+        return set()
+    end = min(len(data), int.from_bytes(data[:4], "big"), 4096)
+    return {data[8:12]} | {data[at:at + 4] for at in range(16, end - 3, 4)}
+
+
+_heif_lock = threading.Lock()
+_heif_state: list[bool] = []  # [True] once pillow-heif is registered, [False] when it is missing
+
+
+def _heif_registered() -> bool:
+    """Register pillow-heif's HEIF opener with Pillow, once; False where it is not installed."""
+    if not _heif_state:
+        with _heif_lock:
+            if not _heif_state:
+                try:
+                    import pillow_heif
+                except ImportError:
+                    _heif_state.append(False)
+                else:
+                    pillow_heif.register_heif_opener()
+                    _heif_state.append(True)
+    return _heif_state[0]
 
 
 def _decode_pixels(data: bytes, max_pixels: int | None, config: InputConfig):
@@ -338,11 +393,15 @@ def _decode_pixels(data: bytes, max_pixels: int | None, config: InputConfig):
         if shrink and jpeg:  # a JPEG's EXIF is in its header: the orientation is known before decoding
             _draft(image, config.resize, _exif_orientation(image))
         image.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
-        orientation = _exif_orientation(image)
-        upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
-        size = stored[::-1] if orientation in _QUARTER_TURNS else stored
+        # libheif decodes a HEIF upright already, by the file's own rotation boxes
+        turn = 1 if image.format == "HEIF" else _exif_orientation(image)
+        upright = image.transpose(_UPRIGHT[turn]) if turn != 1 else image
+        size = stored[::-1] if turn in _QUARTER_TURNS else stored
+        orientation = _heif_orientation(image) if image.format == "HEIF" else turn
         if shrink:
             upright = _reduce(upright, config.resize.target(size[1], size[0]))
+        if config.decode == "reduced":
+            upright = _to_srgb(upright)
         color, alpha = _to_float(upright)
     return color, alpha, mode, orientation, size
 
@@ -370,6 +429,13 @@ def _reduce(image: Image.Image, target: tuple[int, int]) -> Image.Image:
     if factor_x == factor_y == 1:
         return image
     return image.reduce((factor_x, factor_y))
+
+
+def _heif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation a HEIF file was stored with: pillow-heif applies it while decoding
+    (through the file's own rotation boxes) and keeps the stored value aside."""
+    value = image.info.get("original_orientation")
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
 
 
 def _check_jpeg_scans(data: bytes) -> None:
@@ -401,6 +467,41 @@ def _exif_orientation(image: Image.Image) -> int:
     except Exception:  # broken EXIF does not make a broken photo: show it as stored
         return 1
     return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """``image`` with its embedded ICC profile converted to sRGB (Pillow's ImageCms, LittleCMS,
+    perceptual intent); unchanged without a profile, or in a mode outside :data:`ICC_MODES`.
+    Gray and CMYK images become RGB. A profile that LittleCMS cannot read, or that does not fit
+    the image (an RGB profile on a gray image), raises ImageError."""
+    profile = image.info.get("icc_profile")
+    if not profile or image.mode not in ICC_MODES:
+        return image
+    try:
+        return _srgb_transform(profile, image.mode).apply(image)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # ImageCms.PyCMSError, OSError, ValueError, TypeError
+        raise ImageError(f"cannot apply the image's ICC colour profile: {_describe(exc)}") from exc
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(profile: bytes, mode: str):
+    """A LittleCMS transform from ``profile`` to sRGB for images of ``mode``, made once per
+    profile (photos of one camera share theirs). NOCACHE: LittleCMS's one-pixel cache would be
+    shared by the decoding threads."""
+    from PIL import ImageCms
+
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB",
+                                   flags=ImageCms.Flags.NOCACHE)
+
+
+@functools.cache
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 # --- pixels to floats ------------------------------------------------------------------------
