@@ -121,6 +121,9 @@ class InputConfig(Model):
     resize: Resize | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box"] = "bilinear"
     alpha: Literal["white", "black"] = "white"
+    # reduced: shrink on load (JPEG DCT scaling, whole-block reduce) where resize shrinks; full:
+    # every pixel decoded, as a plain Pillow pipeline does, for results equal to one
+    decode: Literal["reduced", "full"] = "reduced"
     mean: list[float] | None = None
     std: list[float] | None = None
 

@@ -391,6 +391,7 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "dtype": pipeline.config.output.dtype,
         "normalize": pipeline.normalize,
         "config_sha256": _config_sha256(pipeline),
+        "decode": pipeline.config.input.decode,  # reduced: shrunk on load; full: every pixel decoded
         "input_list_sha256": listing.sha256(),
         "shard_size": shard_size,
         "inputs": len(listing),
