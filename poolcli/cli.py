@@ -307,9 +307,13 @@ def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | Non
         note = f"a {_shape(size)} image is resized to {_shape(target)} by input.resize" if tuple(target) != tuple(size) else None
         return (channels, *target), note
     if image is not None:
+        from poolcli.errors import ImageError
         from poolcli.io.images import probe_shape
 
-        return probe_shape(image, pipeline.config.input), None
+        try:
+            return probe_shape(image, pipeline.config.input), None
+        except ImageError as exc:
+            raise ImageError(f"--image {image}: {exc}") from None
     if resize is not None and resize.size is not None:
         return (channels, *resize.size), None
     side = (resize.longest or resize.shortest) if resize is not None else 512
@@ -428,16 +432,22 @@ def bench(
 
     pipeline = _load(config)
     shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
-    with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
-        result = time_stages(pipeline, shape, image, threads=threads)
+    from poolcli.errors import ImageError
+
+    try:
+        with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
+            result = time_stages(pipeline, shape, image, threads=threads)
+    except ImageError as exc:
+        raise ImageError(f"--image {image}: {exc}") from None
     rows = ([result.load] if result.load else []) + result.stages
     total = sum(r.seconds for r in rows)
     if as_json:
         print(json.dumps({
             "input": list(result.input_shape), "threads": result.threads,
             "stages": [{"name": r.name, "type": r.type, "out_shape": list(r.out_shape), "seconds": r.seconds,
-                        "share": r.seconds / total} for r in rows],
+                        "low_seconds": r.low, "high_seconds": r.high, "share": r.seconds / total} for r in rows],
             "pipeline_seconds": result.pipeline.seconds,
+            "pipeline_low_seconds": result.pipeline.low, "pipeline_high_seconds": result.pipeline.high,
         }, indent=2))
         return
     if note:
@@ -446,16 +456,31 @@ def bench(
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(result.input_shape)} input, "
                   f"{result.threads} kernel thread{'s' if result.threads > 1 else ''}", title_justify="left")
-    for column in ("stage", "type", "output", "time", "share"):
-        table.add_column(column, justify="right" if column in ("time", "share") else "left")
+    for column in ("stage", "type", "output", "time", "range", "share"):
+        table.add_column(column, justify="right" if column in ("time", "range", "share") else "left")
     for r in rows:
-        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), f"{100 * r.seconds / total:.1f}%")
+        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), _spread(r),
+                      f"{100 * r.seconds / total:.1f}%")
     table.add_section()
-    table.add_row("total", "", "", _duration(total), "100.0%")
+    table.add_row("total", "", "", _duration(total), "", "100.0%")
     out = _stdout()
     out.print(table)
-    out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus "
-              f"{_duration(max(0.0, result.pipeline.seconds - result.stage_total))} of the pipeline's own work)")
+    own = result.pipeline.seconds - result.stage_total
+    if own >= 0:
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus {_duration(own)} of the "
+                  "pipeline's own work)")
+    else:  # each stage timed alone has its input in cache; in a call it follows the stage that made it
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)}, {_duration(-own)} less than its stages "
+                  "timed one by one (each timed alone, and the times vary from call to call)")
+    noisy = [r.name for r in rows if not r.steady] + ([] if result.pipeline.steady else ["the pipeline call"])
+    if noisy:
+        _stderr().print(f"warning: the times of {', '.join(noisy)} vary more than 2x from call to call (see range): "
+                        "the machine is busy; run bench again before trusting these numbers", markup=False)
+
+
+def _spread(timed) -> str:
+    """The 10th to 90th percentile of a bench row's calls."""
+    return f"{timed.low * 1e3:.2f}-{_duration(timed.high)}" if timed.high < 1 else f"{timed.low:.2f}-{_duration(timed.high)}"
 
 
 def _duration(seconds: float) -> str:

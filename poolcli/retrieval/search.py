@@ -58,7 +58,7 @@ class Shard:
 class DescriptorSet:
     """The complete descriptor shards of a run folder, read lazily."""
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, use: str = "search"):  # use: the command, for its message
         from poolcli.io.output import RunFolder, part_name
 
         folder = RunFolder(out)
@@ -67,7 +67,7 @@ class DescriptorSet:
         if manifest is None:
             raise OutputError(f"{out}: no manifest.json; is this a poolcli output folder?")
         if manifest.get("kind") != "descriptors":
-            raise OutputError(f"{out} holds feature maps, not descriptors (kind: {manifest.get('kind')}); search needs descriptors")
+            raise OutputError(f"{out} holds feature maps, not descriptors (kind: {manifest.get('kind')}); {use} needs descriptors")
         self.manifest = manifest
         self.shards: list[Shard] = []
         start = 0
