@@ -128,13 +128,13 @@ def run(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
-    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
-    engine: _Engine = typer.Option(_Engine.local, "--engine", help="local: this process; ray: one task per shard on a Ray cluster."),
+    shard_size: int = typer.Option(10_000, "--shard-size", metavar="N", help="Images per output shard."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
+    engine: _Engine = typer.Option(_Engine.local, "--engine", metavar="local|ray", help="local: this process; ray: one task per shard on a Ray cluster."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --engine ray: the cluster's address (host:port) [default: start a local Ray instance]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Larger images are recorded as failures."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", metavar="N", help="Larger images are recorded as failures."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
@@ -250,7 +250,7 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
 def inspect(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image, resized by the config as a run resizes it."),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Take the input size from this image, resized by the config as a run resizes it."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
@@ -369,7 +369,7 @@ def show(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
-    max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
+    max_channels: int = typer.Option(64, "--max-channels", min=1, metavar="N", help="Channels drawn per stage."),
 ) -> None:
     """Draw each stage's output for one image: one PNG per stage and an overview."""
     from poolcli.show import show as draw
@@ -387,7 +387,7 @@ def show(
 @app.command()
 @cli_errors
 def warmup(
-    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
+    config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
@@ -423,8 +423,8 @@ def warmup(
 def bench(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Time on this image, its decoding included."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads [default: all cores]."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),
 ) -> None:
     """Time each stage of a config on one input: where the time goes."""
@@ -527,7 +527,7 @@ def _writes(pipeline, shapes) -> str:
 @app.command()
 @cli_errors
 def configs(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="A shipped config to print, or to copy with -o."),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A shipped config to print, or to copy with -o."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="DIR", help="Copy NAME, with the files it references, into DIR, to edit it."),
 ) -> None:
     """List the configs shipped with poolcli, which every command takes by name; print or copy one."""
@@ -569,7 +569,7 @@ def schema() -> None:
 def fit_whiten(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from, or its fsspec URL."),
     path: str = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P), or its URL."),
-    dims: Optional[int] = typer.Option(None, "--dims", min=1, help="Components kept [default: every direction that varies]."),
+    dims: Optional[int] = typer.Option(None, "--dims", min=1, metavar="N", help="Components kept [default: every direction that varies]."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Learn PCA whitening from a run's descriptors, for the whiten stage."""
@@ -592,7 +592,7 @@ def search(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
     keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours per query."),
     exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
     as_json: bool = typer.Option(False, "--json", help="Print a list with one object per query."),
 ) -> None:
@@ -619,7 +619,7 @@ def search(
 @cli_errors
 def index(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact inner product) or hnsw (approximate)."),
+    kind: str = typer.Option("flat", "--kind", metavar="flat|hnsw", help="flat (exact inner product) or hnsw (approximate)."),
 ) -> None:
     """Write a faiss index of OUT's descriptors to OUT/index/ (needs poolcli[faiss])."""
     from poolcli.retrieval.index import build_index
@@ -669,6 +669,21 @@ def _print_eval(report) -> None:
                                                               base.recall_at_1, base.recall_at_5, base.map)))
     _stdout().print(table)
     print("baseline: a 16x16 grey thumbnail, compared by cosine like the config's descriptors")
+
+
+# `poolcli --help` shows each command's whole first sentence, not the first 45 characters of it.
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join(_command.callback.__doc__.split("\n\n")[0].split())
+
+
+def _argument_type(self, ctx):
+    """An argument's metavar (CONFIG, INPUT...) says what it takes: no Typer type label after it
+    (``INPUT <list[str]>``, ``CONFIG <path>``)."""
+    return None
+
+
+if hasattr(typer.core, "TyperArgument"):
+    typer.core.TyperArgument.display_type_rich = _argument_type
 
 
 def main() -> None:
