@@ -591,16 +591,17 @@ def fit_whiten(
 def search(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
-    keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
+    keys: List[str] = typer.Option([], "--key", metavar="N|PATH", help="Use input N of OUT (its key), or the input at PATH, as a query; repeatable."),
     k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours per query."),
     exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    skip_self: bool = typer.Option(False, "--skip-self", help="Leave out the query itself (a --key's own row, a query image's own file in OUT) and give k others [default: mark it]."),
     as_json: bool = typer.Option(False, "--json", help="Print a list with one object per query."),
 ) -> None:
-    """Find the descriptors in OUT nearest (cosine) to query images or rows."""
+    """Find the descriptors in OUT nearest (cosine) to query images or inputs of OUT."""
     from poolcli.retrieval.search import search as run_search
 
     with _compile_watch(_stderr(), "search with images of this run's config") if queries else contextlib.nullcontext():
-        results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+        results, note = run_search(out, queries or [], keys, k, use_index=not exact, skip_self=skip_self)
     if note:
         _stderr().print(note, markup=False)
     if as_json:
@@ -612,7 +613,7 @@ def search(
         width = max(len(str(h.key)) for h in result.hits) if result.hits else 3
         print(f"  rank  score   {'key':>{width}}  path")
         for rank, hit in enumerate(result.hits, 1):
-            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}")
+            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}" + ("  (the query itself)" if hit.is_query else ""))
 
 
 @app.command()
