@@ -630,6 +630,37 @@ def index(
     print(summary.path)
 
 
+@app.command()
+@cli_errors
+def duplicates(
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", metavar="T", help="Cosine similarity at which two inputs are duplicates [default: chosen from the scores' distribution]."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours looked at per input."),
+    exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
+) -> None:
+    """Groups of near-duplicate inputs over a whole run, with the score of each pair."""
+    from poolcli.retrieval.duplicates import find_duplicates
+
+    report = find_duplicates(out, threshold, k, use_index=not exact)
+    err = _stderr()
+    if report.note:
+        err.print(report.note, markup=False)
+    how = f"chosen from the scores: {report.chosen}; set it with --threshold" if report.chosen else "given"
+    in_groups = sum(len(g.members) for g in report.groups)
+    err.print(f"threshold {report.threshold:.4f} ({how}): {len(report.groups)} group{'s' if len(report.groups) != 1 else ''} "
+              f"of duplicates, {in_groups} of {report.rows} inputs", markup=False)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    for number, group in enumerate(report.groups, 1):
+        print(("\n" if number > 1 else "") + f"group {number}: {len(group.members)} inputs")
+        for key, path in group.members:
+            print(f"  {key:>6}  {path}")
+        for pair in group.pairs:
+            print(f"  score {pair.score:.4f}  {pair.a} ~ {pair.b}")
+
+
 @app.command("eval")
 @cli_errors
 def eval_(
