@@ -128,13 +128,13 @@ def run(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
-    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
-    engine: _Engine = typer.Option(_Engine.local, "--engine", help="local: this process; ray: one task per shard on a Ray cluster."),
+    shard_size: int = typer.Option(10_000, "--shard-size", metavar="N", help="Images per output shard."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
+    engine: _Engine = typer.Option(_Engine.local, "--engine", metavar="local|ray", help="local: this process; ray: one task per shard on a Ray cluster."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --engine ray: the cluster's address (host:port) [default: start a local Ray instance]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Larger images are recorded as failures."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", metavar="N", help="Larger images are recorded as failures."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
@@ -250,7 +250,7 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
 def inspect(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image, resized by the config as a run resizes it."),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Take the input size from this image, resized by the config as a run resizes it."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
@@ -307,9 +307,13 @@ def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | Non
         note = f"a {_shape(size)} image is resized to {_shape(target)} by input.resize" if tuple(target) != tuple(size) else None
         return (channels, *target), note
     if image is not None:
+        from poolcli.errors import ImageError
         from poolcli.io.images import probe_shape
 
-        return probe_shape(image, pipeline.config.input), None
+        try:
+            return probe_shape(image, pipeline.config.input), None
+        except ImageError as exc:
+            raise ImageError(f"--image {image}: {exc}") from None
     if resize is not None and resize.size is not None:
         return (channels, *resize.size), None
     side = (resize.longest or resize.shortest) if resize is not None else 512
@@ -365,7 +369,7 @@ def show(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
-    max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
+    max_channels: int = typer.Option(64, "--max-channels", min=1, metavar="N", help="Channels drawn per stage."),
 ) -> None:
     """Draw each stage's output for one image: one PNG per stage and an overview."""
     from poolcli.show import show as draw
@@ -383,7 +387,7 @@ def show(
 @app.command()
 @cli_errors
 def warmup(
-    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
+    config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
@@ -419,8 +423,8 @@ def warmup(
 def bench(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Time on this image, its decoding included."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads [default: all cores]."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),
 ) -> None:
     """Time each stage of a config on one input: where the time goes."""
@@ -428,16 +432,22 @@ def bench(
 
     pipeline = _load(config)
     shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
-    with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
-        result = time_stages(pipeline, shape, image, threads=threads)
+    from poolcli.errors import ImageError
+
+    try:
+        with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
+            result = time_stages(pipeline, shape, image, threads=threads)
+    except ImageError as exc:
+        raise ImageError(f"--image {image}: {exc}") from None
     rows = ([result.load] if result.load else []) + result.stages
     total = sum(r.seconds for r in rows)
     if as_json:
         print(json.dumps({
             "input": list(result.input_shape), "threads": result.threads,
             "stages": [{"name": r.name, "type": r.type, "out_shape": list(r.out_shape), "seconds": r.seconds,
-                        "share": r.seconds / total} for r in rows],
+                        "low_seconds": r.low, "high_seconds": r.high, "share": r.seconds / total} for r in rows],
             "pipeline_seconds": result.pipeline.seconds,
+            "pipeline_low_seconds": result.pipeline.low, "pipeline_high_seconds": result.pipeline.high,
         }, indent=2))
         return
     if note:
@@ -446,16 +456,31 @@ def bench(
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(result.input_shape)} input, "
                   f"{result.threads} kernel thread{'s' if result.threads > 1 else ''}", title_justify="left")
-    for column in ("stage", "type", "output", "time", "share"):
-        table.add_column(column, justify="right" if column in ("time", "share") else "left")
+    for column in ("stage", "type", "output", "time", "range", "share"):
+        table.add_column(column, justify="right" if column in ("time", "range", "share") else "left")
     for r in rows:
-        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), f"{100 * r.seconds / total:.1f}%")
+        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), _spread(r),
+                      f"{100 * r.seconds / total:.1f}%")
     table.add_section()
-    table.add_row("total", "", "", _duration(total), "100.0%")
+    table.add_row("total", "", "", _duration(total), "", "100.0%")
     out = _stdout()
     out.print(table)
-    out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus "
-              f"{_duration(max(0.0, result.pipeline.seconds - result.stage_total))} of the pipeline's own work)")
+    own = result.pipeline.seconds - result.stage_total
+    if own >= 0:
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus {_duration(own)} of the "
+                  "pipeline's own work)")
+    else:  # each stage timed alone has its input in cache; in a call it follows the stage that made it
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)}, {_duration(-own)} less than its stages "
+                  "timed one by one (each timed alone, and the times vary from call to call)")
+    noisy = [r.name for r in rows if not r.steady] + ([] if result.pipeline.steady else ["the pipeline call"])
+    if noisy:
+        _stderr().print(f"warning: the times of {', '.join(noisy)} vary more than 2x from call to call (see range): "
+                        "the machine is busy; run bench again before trusting these numbers", markup=False)
+
+
+def _spread(timed) -> str:
+    """The 10th to 90th percentile of a bench row's calls."""
+    return f"{timed.low * 1e3:.2f}-{_duration(timed.high)}" if timed.high < 1 else f"{timed.low:.2f}-{_duration(timed.high)}"
 
 
 def _duration(seconds: float) -> str:
@@ -502,7 +527,7 @@ def _writes(pipeline, shapes) -> str:
 @app.command()
 @cli_errors
 def configs(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="A shipped config to print, or to copy with -o."),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A shipped config to print, or to copy with -o."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="DIR", help="Copy NAME, with the files it references, into DIR, to edit it."),
 ) -> None:
     """List the configs shipped with poolcli, which every command takes by name; print or copy one."""
@@ -544,7 +569,7 @@ def schema() -> None:
 def fit_whiten(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from, or its fsspec URL."),
     path: str = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P), or its URL."),
-    dims: Optional[int] = typer.Option(None, "--dims", min=1, help="Components kept [default: every direction that varies]."),
+    dims: Optional[int] = typer.Option(None, "--dims", min=1, metavar="N", help="Components kept [default: every direction that varies]."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Learn PCA whitening from a run's descriptors, for the whiten stage."""
@@ -566,16 +591,17 @@ def fit_whiten(
 def search(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
-    keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    keys: List[str] = typer.Option([], "--key", metavar="N|PATH", help="Use input N of OUT (its key), or the input at PATH, as a query; repeatable."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours per query."),
     exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    skip_self: bool = typer.Option(False, "--skip-self", help="Leave out the query itself (a --key's own row, a query image's own file in OUT) and give k others [default: mark it]."),
     as_json: bool = typer.Option(False, "--json", help="Print a list with one object per query."),
 ) -> None:
-    """Find the descriptors in OUT nearest (cosine) to query images or rows."""
+    """Find the descriptors in OUT nearest (cosine) to query images or inputs of OUT."""
     from poolcli.retrieval.search import search as run_search
 
     with _compile_watch(_stderr(), "search with images of this run's config") if queries else contextlib.nullcontext():
-        results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+        results, note = run_search(out, queries or [], keys, k, use_index=not exact, skip_self=skip_self)
     if note:
         _stderr().print(note, markup=False)
     if as_json:
@@ -587,14 +613,14 @@ def search(
         width = max(len(str(h.key)) for h in result.hits) if result.hits else 3
         print(f"  rank  score   {'key':>{width}}  path")
         for rank, hit in enumerate(result.hits, 1):
-            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}")
+            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}" + ("  (the query itself)" if hit.is_query else ""))
 
 
 @app.command()
 @cli_errors
 def index(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact inner product) or hnsw (approximate)."),
+    kind: str = typer.Option("flat", "--kind", metavar="flat|hnsw", help="flat (exact inner product) or hnsw (approximate)."),
 ) -> None:
     """Write a faiss index of OUT's descriptors to OUT/index/ (needs poolcli[faiss])."""
     from poolcli.retrieval.index import build_index
@@ -602,6 +628,37 @@ def index(
     summary = build_index(out, kind)
     _stderr().print(f"indexed {summary.rows} descriptors of length {summary.dim} ({summary.kind})", markup=False)
     print(summary.path)
+
+
+@app.command()
+@cli_errors
+def duplicates(
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", metavar="T", help="Cosine similarity at which two inputs are duplicates [default: chosen from the scores' distribution]."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours looked at per input."),
+    exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
+) -> None:
+    """Groups of near-duplicate inputs over a whole run, with the score of each pair."""
+    from poolcli.retrieval.duplicates import find_duplicates
+
+    report = find_duplicates(out, threshold, k, use_index=not exact)
+    err = _stderr()
+    if report.note:
+        err.print(report.note, markup=False)
+    how = f"chosen from the scores: {report.chosen}; set it with --threshold" if report.chosen else "given"
+    in_groups = sum(len(g.members) for g in report.groups)
+    err.print(f"threshold {report.threshold:.4f} ({how}): {len(report.groups)} group{'s' if len(report.groups) != 1 else ''} "
+              f"of duplicates, {in_groups} of {report.rows} inputs", markup=False)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    for number, group in enumerate(report.groups, 1):
+        print(("\n" if number > 1 else "") + f"group {number}: {len(group.members)} inputs")
+        for key, path in group.members:
+            print(f"  {key:>6}  {path}")
+        for pair in group.pairs:
+            print(f"  score {pair.score:.4f}  {pair.a} ~ {pair.b}")
 
 
 @app.command("eval")
@@ -684,6 +741,21 @@ def _print_eval(reports) -> None:
         table.add_row(row[0].transform, *cells)
     _stdout().print(table)
     print("baseline: a 16x16 grey thumbnail, compared by cosine like the config's descriptors")
+
+
+# `poolcli --help` shows each command's whole first sentence, not the first 45 characters of it.
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join(_command.callback.__doc__.split("\n\n")[0].split())
+
+
+def _argument_type(self, ctx):
+    """An argument's metavar (CONFIG, INPUT...) says what it takes: no Typer type label after it
+    (``INPUT <list[str]>``, ``CONFIG <path>``)."""
+    return None
+
+
+if hasattr(typer.core, "TyperArgument"):
+    typer.core.TyperArgument.display_type_rich = _argument_type
 
 
 def main() -> None:

@@ -111,6 +111,10 @@ def run(
         raise PoolcliError(f"--shard-size must be >= 1, got {shard_size}")
     if max_pixels < 1:
         raise PoolcliError(f"--max-pixels must be >= 1, got {max_pixels}")
+    if engine == "ray":  # before OUT is touched: a missing Ray leaves no folder behind
+        from poolcli.ray_engine import _import_ray
+
+        _import_ray()
     started = time.perf_counter()
     listing = collect_inputs(inputs, exclude=out)
     folder = RunFolder(out)

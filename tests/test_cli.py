@@ -260,3 +260,14 @@ def test_the_products_docs_stand_alone():
         assert result.exit_code == 0 and "Usage: " in result.stdout, args
         texts[" ".join(args)] = result.stdout
     assert [where for where, text in texts.items() if "SPEC" in text] == []
+
+
+def test_help_shows_metavars_and_whole_descriptions():
+    top = runner.invoke(app, ["--help"]).stdout
+    assert "..." not in top.split("Commands:")[1]  # no description cut short
+    assert "Run the pipeline over images and write descriptors or feature maps to OUT." in " ".join(top.split())
+    for command in (c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands):
+        text = runner.invoke(app, [command, "--help"]).stdout
+        assert "<" not in text and "[[" not in text, (command, text)
+    run_help = runner.invoke(app, ["run", "--help"]).stdout
+    assert "--shard-size N" in run_help and "--engine local|ray" in run_help

@@ -358,3 +358,47 @@ def test_sigint_while_kernels_compile_stops_at_once(tmp_path):
     assert not (out / "stats").exists() or not any((out / "stats").iterdir())
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 3, result.stderr
+
+
+def test_a_finished_run_removes_its_lock_and_a_killed_runs_lock_file_is_taken(tmp_path, images):
+    out = tmp_path / "out"
+    run(Pipeline.from_config(DESCRIPTOR), [str(images)], out)
+    assert not (out / ".lock").exists()
+    with pytest.raises(PoolcliError, match="--threads must be between"):  # a run that fails ends so too
+        run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, threads=10_000)
+    assert not (out / ".lock").exists()
+    (out / ".lock").write_text("12345\n")  # what a killed run leaves: the file, no lock
+    assert run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, overwrite=True).written == 7
+    assert not (out / ".lock").exists()
+
+
+def test_a_lock_file_removed_as_it_is_taken_is_not_trusted(tmp_path, monkeypatch):
+    """A run that locks the file the run before it removes at that moment holds a lock on
+    nothing: it sees that and locks the new file, so two runs never both hold OUT."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_try_lock, calls = output._try_lock, []
+
+    def removed_meanwhile(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(out / ".lock")  # the run before ends between our open and our lock
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(output, "_try_lock", removed_meanwhile)
+    with output.RunFolder(out).lock():
+        assert len(calls) == 2 and (out / ".lock").read_text() == f"{os.getpid()}\n"
+        monkeypatch.setattr(output, "_try_lock", real_try_lock)
+        with pytest.raises(OutputError, match="is in use by another poolcli run"):
+            with output.RunFolder(out).lock():
+                pass
+        assert (out / ".lock").exists()  # the refused run leaves the holder's file alone
+    assert not (out / ".lock").exists()
+
+
+def test_engine_ray_without_ray_leaves_no_output_folder(tmp_path, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    out = tmp_path / "out"
+    with pytest.raises(PoolcliError, match="--engine ray needs Ray, which is not installed"):
+        run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, engine="ray")
+    assert not out.exists()

@@ -45,6 +45,43 @@ def test_bench_with_an_image_times_its_loading_first(tmp_path):
     assert data["input"] == [3, 170, 256]  # chelsea.png is 451 x 300; resize longest 256
 
 
+def test_bench_gives_the_spread_of_its_calls_and_warns_when_they_disagree(monkeypatch):
+    from poolcli import bench as bench_module
+
+    data = json.loads(invoke("bench", GABOR_GEM, "--size", 32, 32, "--json").stdout)
+    for row in data["stages"]:
+        assert 0 < row["low_seconds"] <= row["seconds"] <= row["high_seconds"]
+    assert data["pipeline_low_seconds"] <= data["pipeline_seconds"] <= data["pipeline_high_seconds"]
+    steady = invoke("bench", GABOR_GEM, "--size", 32, 32)
+    assert "range" in steady.stdout
+    monkeypatch.setattr(bench_module, "DISAGREE", 0.5)  # every row's spread now counts as disagreeing
+    noisy = invoke("bench", GABOR_GEM, "--size", 32, 32)
+    assert "warning: the times of gabor, pool, gem, the pipeline call vary more than 2x" in noisy.stderr
+
+
+def test_bench_percentiles():
+    from poolcli.bench import median_time
+
+    calls = iter([5, 1, 2, 3, 4, 6, 7, 8, 9, 10, 100] + [1] * 100)
+    import time as time_module
+
+    clock = [0.0]
+
+    def fake_counter():
+        return clock[0]
+
+    def call():
+        clock[0] += next(calls)
+
+    real = time_module.perf_counter
+    time_module.perf_counter = fake_counter
+    try:
+        median, low, high = median_time(call, repeats=11, min_seconds=0)
+    finally:
+        time_module.perf_counter = real
+    assert (median, low, high) == (6, 2, 10)
+
+
 def test_bench_table_names_each_stage():
     result = invoke("bench", GABOR_GEM, "--size", 32, 32)
     assert result.exit_code == 0, result.output

@@ -34,7 +34,7 @@ except ImportError:  # Windows
 FOLDERS = ("descriptors", "maps", "metadata", "failures", "stats")
 FILES = ("manifest.json", "pipeline.yaml")
 PARTIAL = ".partial"  # chunks of the shards being computed; gone once the run is complete
-LOCK_FILE = ".lock"  # held by the run writing the folder; never removed
+LOCK_FILE = ".lock"  # held by the run writing the folder, removed when it ends
 # What identifies a run: resuming needs all of these to match.
 IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
 
@@ -143,7 +143,10 @@ class RunFolder:
     def lock(self):
         """Hold ``OUT/.lock`` while a run writes the folder: a second run into the same folder is
         refused rather than interleaved. The lock is the operating system's (``flock``), so it
-        ends with the process however the process ends: a killed run leaves no stale lock."""
+        ends with the process however the process ends: a killed run leaves no stale lock (only
+        its file, which the next run takes). A run that ends removes the file while it still
+        holds the lock; a run that locked the removed file meanwhile sees that the file it holds
+        is no longer ``OUT/.lock`` and locks the new one instead."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"output {self.path} exists and is not a folder")
         if isinstance(self.path, RemotePath):  # object stores have no lock: nothing to hold
@@ -151,18 +154,29 @@ class RunFolder:
             return
         with self.writing():
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        lock_path = self.path / LOCK_FILE
+        while True:
+            with self.writing():
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             if not _try_lock(fd):
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
                 raise OutputError(
                     f"{self.path} is in use by another poolcli run{f' (process {holder})' if holder.isdigit() else ''}; "
                     "wait for it to finish, or choose another output folder"
                 )
+            if _same_file(fd, lock_path):
+                break
+            os.close(fd)  # the run that held it removed it as we locked it: lock the new one
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
+            try:
+                os.unlink(lock_path)  # still held: a run that opened it meanwhile retries
+            except OSError:
+                pass
             os.close(fd)  # releases the lock
 
     @property
@@ -345,6 +359,15 @@ class RunFolder:
             if failures:
                 save_parquet(self.path / "failures" / part_name(shard, ".parquet"), failures, failures_schema())
             save_json(self.path / "stats" / part_name(shard, ".json"), stats)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _try_lock(fd: int) -> bool:
