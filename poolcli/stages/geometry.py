@@ -69,7 +69,7 @@ def pooled_size(size: int, span: int, stride: int, pad: int, ceil_mode: bool, pa
     Examples
     --------
     >>> pooled_size(5, 2, 2, 0, False), pooled_size(5, 2, 2, 0, True), pooled_size(5, 3, 2, 0, True, 1)
-    (2, 3, 2)
+    (2, 3, 3)
     """
     numerator = size + pad + (pad if pad_after is None else pad_after) - span + ((stride - 1) if ceil_mode else 0)
     out = numerator // stride + 1
