@@ -79,12 +79,15 @@ class Graph:
         return self.consts.get(value) if value else None
 
     def shape(self, value: str, probe: int = 0) -> tuple[int, ...] | None:
-        return self.shapes[probe].get(self.resolve(value)) if self.shapes else None
+        if not self.shapes:
+            return None
+        shapes = self.shapes[probe]
+        return shapes[value] if value in shapes else shapes.get(self.resolve(value))
 
     def same_shape(self, a: str, b: str) -> bool:
         """``a`` and ``b`` have the same known shape at every probe."""
-        return all(s.get(self.resolve(a)) is not None and s.get(self.resolve(a)) == s.get(self.resolve(b))
-                   for s in self.shapes)
+        return all(self.shape(a, k) is not None and self.shape(a, k) == self.shape(b, k)
+                   for k in range(len(self.shapes)))
 
     def resolve(self, value: str) -> str:
         seen = 0

@@ -53,7 +53,8 @@ class Context:
         self.layouts: dict[str, str] = {graph.input: "nchw"}
 
     def layout(self, value: str) -> str:
-        value = self.g.resolve(value)
+        if value not in self.layouts:  # a value a rewrite removed: its replacement's layout
+            value = self.g.resolve(value)
         if value not in self.layouts:
             raise Unsupported(f"its input '{value}' is not a feature map or vector poolcli computes")
         return self.layouts[value]
@@ -516,7 +517,7 @@ def reshape(cx: Context, node: Node) -> list[Stage]:
     layout = cx.layout(x)
     target = [int(v) for v in cx.const(node, 1, "shape").reshape(-1)]
     shape = cx.shape(x)
-    out = cx.shape(node.outputs[0]) if cx.g.shape(node.outputs[0]) else None
+    out = _reshaped(shape, target, node.attr("allowzero", 0))
     if out == tuple(shape):
         return _alias(cx, node, layout)
     if out is not None and len(out) == 2 and len(shape) == 4 and out[0] == 1:
@@ -524,6 +525,17 @@ def reshape(cx: Context, node: Node) -> list[Stage]:
             raise Unsupported("a Reshape of a channels-last map to a vector")
         return [_stage(node, "flatten", [x])]
     raise Unsupported(f"a Reshape of {list(shape)} to {target}; poolcli reshapes a map to a vector only")
+
+
+def _reshaped(shape, target, allowzero) -> tuple[int, ...] | None:
+    dims = [shape[i] if d == 0 and not allowzero and i < len(shape) else d for i, d in enumerate(target)]
+    total = int(np.prod(shape))
+    if dims.count(-1) == 1:
+        rest = int(np.prod([d for d in dims if d != -1]))
+        if rest <= 0 or total % rest:
+            return None
+        dims[dims.index(-1)] = total // rest
+    return tuple(dims) if int(np.prod(dims)) == total else None
 
 
 def squeeze(cx: Context, node: Node) -> list[Stage]:
@@ -766,4 +778,7 @@ def convert(graph: Graph) -> list[Stage]:
 def _out_layout(cx: Context, stage: Stage, ref: str) -> str:
     if stage.type in ("flatten", "global_avg_pool", "global_max_pool", "linear"):
         return "vec"
-    return cx.layouts.get(cx.g.resolve(ref), "nchw")
+    try:
+        return cx.layout(ref)
+    except Unsupported:
+        return "nchw"
