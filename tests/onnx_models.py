@@ -135,3 +135,43 @@ def export_torch(module, shape, opset: int, dynamic: bool = True, output_names=(
         t.onnx.export(module.eval(), (x,), buffer, opset_version=opset, dynamo=False, input_names=["image"],
                       output_names=list(output_names), dynamic_axes=axes)
     return buffer.getvalue()
+
+
+def import_bytes(model_bytes: bytes, folder: Path, until=()):
+    """``poolcli import`` of ``model_bytes`` into ``folder/out``; the loaded Pipeline."""
+    from poolcli.importer import import_onnx
+    from poolcli.pipeline import Pipeline
+
+    path = folder / "model.onnx"
+    path.write_bytes(model_bytes)
+    import_onnx(path, folder / "out", list(until))
+    return Pipeline.from_yaml(folder / "out" / "pipeline.yaml")
+
+
+def check_against_onnxruntime(model, folder: Path, sizes=((64, 64), (64, 96)), until=(), channels: int = 3,
+                              seed: int = 0):
+    """Import ``model`` (a ModelProto or bytes), run it through poolcli and onnxruntime at each
+    (H, W) of ``sizes`` on random inputs, and hold them to SPEC's tolerance. Returns the
+    Pipeline."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    pipe = import_bytes(data, folder, until)
+    rng = np.random.default_rng(seed)
+    for h, w in sizes:
+        x = rng.standard_normal((channels, h, w)).astype(np.float32)
+        theirs = run_onnxruntime(_with_outputs(data, until), x, until[-1] if until else None)
+        ours = pipe(x)
+        assert_close(ours, theirs, f"{h}x{w}")
+    return pipe
+
+
+def _with_outputs(data: bytes, until) -> bytes:
+    """The model with ``until``'s values as graph outputs too (onnxruntime returns only those)."""
+    if not until:
+        return data
+    o = onnx()
+    model = o.load_from_string(data)
+    have = {v.name for v in model.graph.output}
+    for name in until:
+        if name not in have:
+            model.graph.output.append(o.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()

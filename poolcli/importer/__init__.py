@@ -58,8 +58,11 @@ def import_onnx(model: str | Path, out: str | Path, until: list[str] | tuple[str
     graph.pinned.update(targets)
     prune(graph, targets)
     infer_shapes(graph, proto)
+    for _ in range(8):  # sizes folded to constants: shapes that depend on them are known now
+        if not fold_constants(graph):
+            break
+        infer_shapes(graph, proto)
     del proto
-    fold_constants(graph)
     for rewrite in GRAPH_REWRITES:
         rewrite(graph)
     prune(graph, targets)

@@ -32,6 +32,7 @@ class Node:
     outputs: list[str]
     attrs: dict = field(default_factory=dict)
     domain: str = ""
+    proto: object = field(default=None, repr=False, compare=False)  # the NodeProto, for shape inference
 
     def attr(self, key, default=None):
         return self.attrs.get(key, default)
@@ -56,6 +57,7 @@ class Graph:
         self.size_dependent: set[str] = set()
         self.aliases: dict[str, str] = {}  # a value removed by a rewrite -> the value it equals
         self.pinned: set[str] = set(outputs)  # values a rewrite must not fuse away
+        self.layouts: dict[str, str] = {}  # set by ops.convert: nchw, nhwc or vec per value
         self.onnx_node_count = len(nodes)
 
     # --- queries ---------------------------------------------------------------------------
@@ -86,8 +88,15 @@ class Graph:
 
     def same_shape(self, a: str, b: str) -> bool:
         """``a`` and ``b`` have the same known shape at every probe."""
-        return all(self.shape(a, k) is not None and self.shape(a, k) == self.shape(b, k)
+        return all(self.map_shape(a, k) is not None and self.map_shape(a, k) == self.map_shape(b, k)
                    for k in range(len(self.shapes)))
+
+    def map_shape(self, value: str, probe: int = 0) -> tuple[int, ...] | None:
+        """The shape as poolcli sees it: a channels-last value's channels first."""
+        shape = self.shape(value, probe)
+        if shape is not None and len(shape) == 4 and self.layouts.get(value) == "nhwc":
+            return (shape[0], shape[3], shape[1], shape[2])
+        return shape
 
     def resolve(self, value: str) -> str:
         seen = 0
@@ -153,7 +162,7 @@ def build_graph(model, path: Path) -> Graph:
             name, k = f"{base}_{k}", k + 1
         seen.add(name)
         attrs = {a.name: _attr(a, onnx, path, name) for a in proto.attribute}
-        nodes.append(Node(name, proto.op_type, list(proto.input), list(proto.output), attrs, proto.domain))
+        nodes.append(Node(name, proto.op_type, list(proto.input), list(proto.output), attrs, proto.domain, proto))
     outputs = [o.name for o in g.output]
     if not outputs:
         raise ModelError(f"{path}: the graph has no output")
@@ -250,20 +259,28 @@ def probe_sizes(graph: Graph) -> list[tuple[int, int]]:
 
 
 def infer_shapes(graph: Graph, model) -> None:
-    """Each value's shape at each probe size, by onnx's shape inference over the model with
-    its large initializers given as typed inputs (no weight is copied), then folding."""
+    """Each value's shape at each probe size, by onnx's shape inference over the graph's nodes,
+    its small constants as initializers and its large ones as typed inputs (no weight is
+    copied). Run again after :func:`fold_constants`, it sees the folded sizes as constants."""
     onnx = onnx_module()
     helper = onnx.helper
-    g = model.graph
-    for h, w in probe_sizes(graph):
+    from onnx import numpy_helper
+
+    small, typed = [], []
+    for name, value in graph.consts.items():
+        if value.size <= 4096 and value.dtype != np.float16:
+            small.append(numpy_helper.from_array(np.asarray(value), name))
+        else:
+            typed.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                       list(value.shape)))
+    protos = [n.proto for n in graph.nodes if n.proto is not None]
+    outputs = [helper.make_empty_tensor_value_info(o) for o in graph.outputs]
+    first = not graph.shapes
+    for k, (h, w) in enumerate(probe_sizes(graph)):
         c = graph.input_dims[1]
-        small = [t for t in g.initializer if t.data_type in (6, 7) and np.prod(t.dims, dtype=np.int64) <= 64]
-        small_names = {t.name for t in small}
-        inputs = [helper.make_tensor_value_info(graph.input, onnx.TensorProto.FLOAT, [1, c, h, w])]
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                   for t in g.initializer if t.name not in small_names]
-        stripped = helper.make_graph(list(g.node), "probe", inputs, list(g.output), initializer=small)
-        probe = helper.make_model(stripped, opset_imports=list(model.opset_import))
+        inputs = [helper.make_tensor_value_info(graph.input, onnx.TensorProto.FLOAT, [1, c, h, w]), *typed]
+        probe = helper.make_model(helper.make_graph(protos, "probe", inputs, outputs, initializer=small),
+                                  opset_imports=list(model.opset_import))
         probe.ir_version = model.ir_version
         try:
             inferred = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
@@ -277,7 +294,10 @@ def infer_shapes(graph: Graph, model) -> None:
             dims = _dims(info)
             if dims is not None and all(d is not None for d in dims):
                 shapes.setdefault(info.name, tuple(dims))
-        graph.shapes.append(shapes)
+        if first:
+            graph.shapes.append(shapes)
+        else:
+            graph.shapes[k] = {**graph.shapes[k], **shapes}
 
 
 # --- constant folding ------------------------------------------------------------------------

@@ -50,7 +50,8 @@ class Stage:
 class Context:
     def __init__(self, graph: Graph):
         self.g = graph
-        self.layouts: dict[str, str] = {graph.input: "nchw"}
+        self.layouts: dict[str, str] = graph.layouts
+        self.layouts[graph.input] = "nchw"
 
     def layout(self, value: str) -> str:
         if value not in self.layouts:  # a value a rewrite removed: its replacement's layout

@@ -271,6 +271,33 @@ def fuse_bias(stages: list[Stage], graph: Graph) -> int:
     return done
 
 
+def fuse_scale(stages: list[Stage], graph: Graph) -> int:
+    """``mul`` by a constant per output channel right after a conv or linear without a
+    nonlinearity (ConvNeXt's layer scale): into its weights and bias."""
+    done = 0
+    for mul in list(stages):
+        if mul.type != "mul" or "value" not in mul.params or len(mul.inputs) != 1 or "activation" in mul.params:
+            continue
+        before = next((s for s in stages if s.output == mul.inputs[0]), None)
+        if (before is None or before.type not in ("conv", "linear") or "activation" in before.params
+                or before.residual or _single_user(stages, graph, before.output) is not mul):
+            continue
+        key = "filters" if before.type == "conv" else "weight"
+        weight = before.params[key].array
+        value = mul.params["value"]
+        scale = np.full(weight.shape[0], value, np.float32) if isinstance(value, float) else value.array
+        if scale.size != weight.shape[0] or (scale.ndim == 3 and scale.shape[1:] != (1, 1)):
+            continue
+        scale = scale.reshape(-1).astype(np.float64)
+        before.params[key] = Weight((weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32))
+        bias = before.params.get("bias")
+        if isinstance(bias, Weight):
+            before.params["bias"] = Weight((bias.array * scale).astype(np.float32))
+        _replace(stages, mul, before)
+        done += 1
+    return done
+
+
 def fuse_residual(stages: list[Stage], graph: Graph) -> int:
     """``add`` of two maps of equal shape, one of them a conv's output that nothing else reads
     and no nonlinearity follows inside the conv: the conv's ``residual``."""
@@ -329,4 +356,4 @@ def merge_global_pool(stages: list[Stage], graph: Graph) -> int:
     return done
 
 
-STAGE_REWRITES = (fuse_bias, fuse_residual, fuse_activation, merge_global_pool)
+STAGE_REWRITES = (fuse_bias, fuse_scale, fuse_residual, fuse_activation, merge_global_pool)
