@@ -55,6 +55,38 @@ def pair(minimum: int = 0):
     return Annotated[tuple[int, int], BeforeValidator(parse), WithJsonSchema(schema)]
 
 
+def padding_spec(words: tuple[str, ...] = ()):
+    """Padding: an int, ``[ph, pw]`` or four ints ``[top, left, bottom, right]`` (ONNX ``pads``
+    order), each >= 0, normalised to a tuple of 2 or 4; or one of ``words`` (``same``, ...)."""
+
+    def parse(value: Any):
+        if isinstance(value, str):
+            if value in words:
+                return value
+            choices = ", ".join(f"'{w}'" for w in words)
+            raise ValueError(f"must be an integer, a pair [ph, pw], four numbers [top, left, bottom, right]"
+                             f"{' or one of ' + choices if words else ''}, got {value!r}")
+        if _plain_int(value):
+            value = (value, value)
+        elif isinstance(value, (list, tuple)) and len(value) in (2, 4) and all(map(_plain_int, value)):
+            value = tuple(value)
+        else:
+            raise ValueError(f"must be an integer, a pair [ph, pw] or four numbers [top, left, bottom, right], "
+                             f"got {value!r}")
+        if min(value) < 0:
+            raise ValueError(f"must be >= 0, got {min(value)}")
+        return value
+
+    numbers = [
+        {"type": "integer", "minimum": 0},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 4, "maxItems": 4},
+    ]
+    schema = {"oneOf": numbers + ([{"enum": list(words)}] if words else [])}
+    label = "int, [h, w] or [top, left, bottom, right]" + "".join(f" | {w}" for w in words)
+    return Annotated[tuple[int, ...] | str, BeforeValidator(parse), WithJsonSchema(schema), label]
+
+
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
 
 
@@ -136,6 +168,10 @@ class PipelineConfig(Model):
     multiscale: Annotated[list[Scale], Field(min_length=1)] | None = Field(
         None, description="run the pipeline at each of these scales of the input and combine the descriptors"
     )
+    weights: str | None = Field(
+        None, description="a safetensors file (relative to the config's folder) whose tensors stages name: "
+        "conv filters: conv1.weight"
+    )
     base_dir: Path = Field(default=Path("."), exclude=True)  # relative paths resolve here
 
     @model_validator(mode="before")
@@ -149,6 +185,66 @@ class PipelineConfig(Model):
                         got = shorten(repr(stage), 80)
                         raise ConfigError(f"stages[{i}]: must be a mapping like {{type: max_pool}}, got {got}")
         return data
+
+
+# --- the weights file ------------------------------------------------------------------------
+
+
+class WeightsFile:
+    """The tensors of a config's ``weights:`` safetensors file, each read on first use and cast
+    to float32 (the file holds no code: safetensors has no pickle). ``label`` is the name as the
+    config gives it, for messages.
+
+    >>> import tempfile, numpy as np, safetensors.numpy
+    >>> path = Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> safetensors.numpy.save_file({"conv1.weight": np.ones((2, 1, 3, 3), np.float16)}, str(path))
+    >>> weights = WeightsFile(path, "w.safetensors")
+    >>> weights.names, weights.get("conv1.weight").dtype, weights.get("conv2.weight")
+    (['conv1.weight'], dtype('float32'), None)
+    """
+
+    def __init__(self, path: Path, label: str):
+        from safetensors import SafetensorError, safe_open
+
+        self.path, self.label = Path(path), label
+        if not self.path.is_file():
+            raise ConfigError(f"weights: file not found: {self.path}", loc=("weights",))
+        try:
+            self._file = safe_open(str(self.path), framework="numpy")
+            self.names = sorted(self._file.keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"weights: cannot read {self.path} as safetensors: {exc}", loc=("weights",)) from None
+        self._read: dict[str, Any] = {}
+
+    def get(self, name: str):
+        """Tensor ``name`` as a read-only float32 array, or None where the file has none of that name;
+        ConfigError for a tensor that is not numbers."""
+        import numpy as np
+
+        if name in self._read:
+            return self._read[name]
+        if name not in self.names:
+            return None
+        dtype = self._file.get_slice(name).get_dtype()
+        if dtype == "BOOL":
+            raise ConfigError(f"weights: tensor '{name}' in {self.label} is {dtype}, not numbers", loc=("weights",))
+        try:
+            array = self._file.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own errors and TypeError for bfloat16)
+            raise ConfigError(f"weights: cannot read tensor '{name}' of {self.label} ({dtype}): {exc}",
+                              loc=("weights",)) from None
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        array.setflags(write=False)
+        self._read[name] = array
+        return array
+
+
+def open_weights(config: "PipelineConfig") -> WeightsFile | None:
+    """The config's weights file, opened (its header read), or None without ``weights:``."""
+    if config.weights is None:
+        return None
+    path = Path(config.weights).expanduser()
+    return WeightsFile(path if path.is_absolute() else config.base_dir / path, config.weights)
 
 
 # --- validation with one-line messages -------------------------------------------------------

@@ -92,7 +92,8 @@ def _parameters(cls) -> list[str]:
     for name, field in cls.model_fields.items():
         if name in _COMMON:
             continue
-        annotation = type_label(field.annotation)
+        # A text among an Annotated type's metadata is its label (config.padding_spec's).
+        annotation = next((m for m in field.metadata if isinstance(m, str)), None) or type_label(field.annotation)
         default = "required" if field.is_required() else f"default {yaml_value(field.default)}"
         lines.append(f"  {field.alias or name}: {default}  [{annotation}]")
         if field.description:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from poolcli.config import PipelineConfig, line_of, load_config, read_config_file
+from poolcli.config import PipelineConfig, line_of, load_config, open_weights, read_config_file
 from poolcli.errors import ConfigError, ShapeError
 from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
 from poolcli.stages.global_pool import GeMPool
@@ -396,7 +396,7 @@ def _build_nodes(config: PipelineConfig) -> list[Node]:
     nodes: list[Node] = []
     names = {"input"}
     earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
-    context = {"base_dir": config.base_dir}
+    context = {"base_dir": config.base_dir, "weights": open_weights(config)}
     for index, raw in enumerate(config.stages):
         stage = build_stage(raw, index, context)
         name = stage.name or f"{stage.type}{index}"

@@ -10,24 +10,61 @@ import numpy as np
 # --- element-wise ---------------------------------------------------------------------------------
 
 
-def activation(x, fn):
-    """Each element on its own, through Python floats."""
-    def one(v):
+def activation(x, fn, alpha=None, beta=None, min=None, max=None, slope=None):
+    """Each element on its own, through Python floats (ONNX's defaults for the parameters);
+    ``slope`` (prelu) broadcast against ``x`` first."""
+    lo = -math.inf if min is None else min
+    hi = math.inf if max is None else max
+
+    def sigmoid(v):
+        return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+    def one(v, s):
+        if v != v:
+            return v
         if fn == "relu":
-            return v if (v > 0 or v != v) else 0.0
+            return v if v > 0 else 0.0
         if fn == "abs":
             return abs(v)
         if fn == "square":
             return v * v
         if fn == "sigmoid":
-            return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+            return sigmoid(v)
         if fn == "tanh":
             return math.tanh(v)
         if fn == "sign_sqrt":
             return math.copysign(math.sqrt(abs(v)), v) if v != 0 else 0.0
+        if fn == "leaky_relu":
+            return v if v >= 0 else (0.01 if alpha is None else alpha) * v
+        if fn == "elu":
+            return v if v > 0 else (1.0 if alpha is None else alpha) * math.expm1(v)
+        if fn == "clip":
+            return lo if v < lo else hi if v > hi else v
+        if fn == "hard_sigmoid":
+            a, b = (0.2 if alpha is None else alpha), (0.5 if beta is None else beta)
+            return 0.0 if a * v + b <= 0 else 1.0 if a * v + b >= 1 else a * v + b
+        if fn == "hard_swish":
+            return v * (0.0 if v <= -3 else 1.0 if v >= 3 else v / 6 + 0.5)
+        if fn == "silu":
+            return v * sigmoid(v)
+        if fn == "gelu":
+            return 0.5 * v * math.erfc(-v / math.sqrt(2))  # = 1 + erf(v / sqrt 2), without cancellation
+        if fn == "gelu_tanh":
+            return 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+        if fn == "erf":
+            return math.erf(v)
+        if fn == "exp":
+            return math.exp(v) if v < 700 else math.inf
+        if fn == "softplus":
+            return v if v > 700 else math.log1p(math.exp(v))
+        if fn == "prelu":
+            return v if v >= 0 else s * v
         return v
 
-    return np.array([one(float(v)) for v in x.ravel()], np.float32).reshape(x.shape)
+    slopes = np.broadcast_to(np.float64(0) if slope is None else np.asarray(slope, np.float64), x.shape)
+    values = [one(float(v), float(s)) for v, s in zip(x.ravel(), slopes.ravel())]
+    with np.errstate(over="ignore"):
+        return np.array(values, np.float32).reshape(x.shape)
 
 
 # --- global pooling ---------------------------------------------------------------------------

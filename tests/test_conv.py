@@ -454,7 +454,9 @@ def test_npy_weights_name_both_channel_counts(tmp_path):
     ({"filters": "sobel", "bias": []}, r"bias: the list is empty"),
     ({"filters": "sobel", "bias": "b.npy"}, r"bias: file not found"),
     ({"filters": "sobel", "padding": "same", "stride": 2}, r"padding: 'same' needs stride 1 \(as in torch\)"),
-    ({"filters": "sobel", "padding": "full"}, r"padding: must be an integer, a pair \[ph, pw\], 'same' or 'valid'"),
+    ({"filters": "sobel", "padding": "full"}, r"padding: must be an integer, a pair \[ph, pw\], four numbers "
+                                              r"\[top, left, bottom, right\] or one of 'same', 'valid', 'same_upper'"),
+    ({"filters": "sobel", "padding": [1, 2, 3]}, r"padding: must be an integer, a pair \[ph, pw\] or four numbers"),
     ({"filters": "sobel", "padding": -1}, r"padding: must be >= 0"),
     ({"filters": "sobel", "sigma": 2}, r"sigma: applies to filters gaussian, log only, not 'sobel'"),
     ({"filters": "gaussian", "orientations": 4}, r"orientations: applies to filters gabor only"),
@@ -468,7 +470,10 @@ def test_npy_weights_name_both_channel_counts(tmp_path):
     ({"filters": "random", "out_channels": 3, "groups": 2}, r"groups: must divide the 3 output channels"),
     ({"filters": "random", "out_channels": 3, "channels": "each"}, r"channels: applies to 2-D banks only"),
     ({"filters": "sobel", "channels": "all"}, r"channels: must be one of 'mean' or 'each'"),
-    ({"filters": "sobel", "activation": "sign_sqrt"}, r"activation: must be one of 'none', 'relu'"),
+    ({"filters": "sobel", "activation": "sine"}, r"activation.fn: must be one of 'none', 'relu'"),
+    ({"filters": "sobel", "activation": {"fn": "relu", "alpha": 1}}, r"activation: alpha applies to leaky_relu, elu, "
+                                                                     r"hard_sigmoid only, not relu"),
+    ({"filters": "sobel", "residual": "nowhere"}, r"residual: no earlier stage is named 'nowhere'"),
     ({"filters": "sobel", "sigmaa": 1}, r"unknown key 'sigmaa' \(did you mean 'sigma'\?\)"),
     ({"filters": "random", "out_channels": 0}, r"out_channels: must be >= 1"),
 ])

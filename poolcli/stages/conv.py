@@ -5,62 +5,30 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from poolcli.config import PositiveInt, pair
+from poolcli.config import PositiveInt, padding_spec, pair
 from poolcli.errors import ShapeError
+from poolcli.stages.arrays import HeldArray, is_npy, stage_array, weights_file
 from poolcli.stages.base import Stage, kernel_module, register_stage
-from poolcli.stages.elementwise import apply_activation
+from poolcli.stages.elementwise import ACTIVATION_FIELD, ActivationValue
 from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, make_bank
-from poolcli.stages.geometry import Window, conv_padding, pooled_size
+from poolcli.stages.geometry import Window, axis_padding, pooled_size
 
 kernels = kernel_module("conv")
 
 
-@dataclass(frozen=True, eq=False)
-class HeldArray:
-    """An array a stage holds (weights read from a file). Compares by value, so that stages
-    compare as pydantic models do (``==`` on bare arrays is element-wise)."""
-
-    array: np.ndarray
-
-    def __eq__(self, other):
-        return isinstance(other, HeldArray) and np.array_equal(self.array, other.array)
-
-    __hash__ = None
+def _is_weights(filters: str) -> bool:
+    """Whether ``filters`` names weights (a .npy file or a tensor of the weights file), not a bank."""
+    return filters not in BANKS
 
 
-def read_npy(value: str, info: ValidationInfo, what: str, ndim: int) -> np.ndarray:
-    """The float32 array in ``.npy`` file ``value`` (relative to the config folder), with
-    ``ndim`` dimensions and finite values; ValueError otherwise."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = Path((info.context or {}).get("base_dir", ".")) / path
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"file not found: {path}") from None
-    except (OSError, ValueError) as exc:  # ValueError: not a .npy, or a pickled object array
-        raise ValueError(f"cannot read {path} as .npy: {exc}") from None
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"{what} in {path} must be numbers, got dtype {array.dtype}")
-    if array.ndim != ndim or array.size == 0:
-        expected = "(O, C/groups, kh, kw)" if ndim == 4 else "(O,)"
-        raise ValueError(f"{what} in {path} must have shape {expected}, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{what} in {path} contain NaN or infinity")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    array.setflags(write=False)
-    return array
-
-
-def _is_file(filters: str) -> bool:
-    return filters.lower().endswith(".npy")
+def read_filters(value: str, info: ValidationInfo) -> np.ndarray:
+    """The weights (O, C/groups, kh, kw) a .npy path or tensor name gives."""
+    return stage_array(value, info, "weights", ndim=4, expected="(O, C/groups, kh, kw)")
 
 
 def _banks_reading(param: str) -> str:
@@ -131,8 +99,8 @@ class Conv(Stage):
     example: ClassVar[dict] = {"filters": "sobel", "padding": 1}
 
     filters: str = Field(
-        description="a built-in bank (" + ", ".join(BANKS) + ") or the path of a .npy file of weights "
-        "(O, C/groups, kh, kw), relative to the config's folder"
+        description="a built-in bank (" + ", ".join(BANKS) + "), the path of a .npy file of weights "
+        "(O, C/groups, kh, kw), relative to the config's folder, or the name of such a tensor in the weights: file"
     )
     sigma: float = Field(1.0, gt=0, description="gaussian, log: standard deviation in pixels")
     orientations: PositiveInt = Field(8, description="gabor: angles k*pi/orientations, k = 0 .. orientations-1")
@@ -155,8 +123,10 @@ class Conv(Stage):
         "longest wavelength, others 3 (sobel, scharr, prewitt, laplacian: 3 only; .npy: the file's)",
     )
     stride: pair(1) = Field((1, 1), description="int or [sh, sw]")
-    padding: pair(0) | Literal["same", "valid"] = Field(
-        (0, 0), description="int, [ph, pw], 'same' (output size = input size; stride 1 only) or 'valid' (0)"
+    padding: padding_spec(("same", "valid", "same_upper", "same_lower")) = Field(
+        (0, 0), description="int, [ph, pw], [top, left, bottom, right], 'same' (output size = input size; stride 1 "
+        "only, as torch), 'valid' (0), or 'same_upper' / 'same_lower' (output ceil(size / stride), the extra pad "
+        "after or before, as ONNX's auto_pad)"
     )
     padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
         "zeros", description="torch's: zeros, reflect (edge not repeated), replicate (edge repeated), circular (wraps)"
@@ -167,11 +137,13 @@ class Conv(Stage):
         "mean", description="2-D banks: mean (each filter on the channel mean, F outputs) or each (C*F outputs, c*F+f)"
     )
     bias: Literal[False] | list[float] | str = Field(
-        False, description="false, a list of one number per output channel, or the path of a .npy vector"
+        False, description="false, a list of one number per output channel, the path of a .npy vector or a tensor name"
     )
-    activation: Literal["none", "relu", "abs", "square", "sigmoid", "tanh"] = Field(
-        "none", description="applied to the output: none, relu, abs, square, sigmoid, tanh"
+    residual: str | None = Field(
+        None, description="the name of an earlier stage (or input) whose map, of the output's shape, is added before "
+        "the activation: activation(conv(x) + bias + residual)"
     )
+    activation: ActivationValue = ACTIVATION_FIELD
 
     _weights: HeldArray | None = PrivateAttr(None)  # .npy weights
     _bias: HeldArray | None = PrivateAttr(None)
@@ -182,12 +154,13 @@ class Conv(Stage):
     @field_validator("filters")
     @classmethod
     def _known_filters(cls, value: str, info: ValidationInfo) -> str:
-        if _is_file(value):
-            read_npy(value, info, "weights", ndim=4)
+        if is_npy(value) or (value not in BANKS and weights_file(info) is not None):
+            read_filters(value, info)
         elif value not in BANKS:
             guess = difflib.get_close_matches(value, BANKS, n=1)
             hint = f"did you mean '{guess[0]}'?" if guess else "built-in: " + ", ".join(BANKS)
-            raise ValueError(f"unknown filter bank '{value}' ({hint}); or give the path of a .npy file of weights")
+            raise ValueError(f"unknown filter bank '{value}' ({hint}); or give the path of a .npy file of weights, "
+                             "or the name of a tensor of the config's weights: file")
         return value
 
     @field_validator("sigma", "orientations", "wavelengths", "phase", "bandwidth", "out_channels", "seed")
@@ -206,8 +179,8 @@ class Conv(Stage):
         filters = info.data.get("filters")
         if filters is None or value is None:
             return value
-        if _is_file(filters):
-            shape = read_npy(filters, info, "weights", ndim=4).shape[2:]
+        if _is_weights(filters):
+            shape = read_filters(filters, info).shape[2:]
             if tuple(value) != shape:
                 raise ValueError(
                     f"must match the weights' {shape[0]}x{shape[1]}, got {value[0]}x{value[1]}; or omit it"
@@ -218,13 +191,6 @@ class Conv(Stage):
             raise ValueError(f"{filters} filters are 3x3 only, got {value[0]}x{value[1]}; omit kernel_size")
         if min(value) < bank.min_size:
             raise ValueError(f"{filters} filters need a kernel of at least {bank.min_size}, got {value[0]}x{value[1]}")
-        return value
-
-    @field_validator("padding", mode="before")
-    @classmethod
-    def _padding_word(cls, value):
-        if isinstance(value, str) and value not in ("same", "valid"):
-            raise ValueError(f"must be an integer, a pair [ph, pw], 'same' or 'valid', got {value!r}")
         return value
 
     @field_validator("padding")
@@ -241,8 +207,8 @@ class Conv(Stage):
         filters = info.data.get("filters")
         if filters is None or value == 1:
             return value
-        if _is_file(filters):
-            out_channels = read_npy(filters, info, "weights", ndim=4).shape[0]
+        if _is_weights(filters):
+            out_channels = read_filters(filters, info).shape[0]
         elif BANKS[filters].full:
             out_channels = info.data.get("out_channels")
         else:
@@ -255,7 +221,7 @@ class Conv(Stage):
     @classmethod
     def _channels_need_2d_bank(cls, value, info: ValidationInfo):
         filters = info.data.get("filters")
-        if filters is not None and (_is_file(filters) or BANKS[filters].full):
+        if filters is not None and (_is_weights(filters) or BANKS[filters].full):
             raise ValueError("applies to 2-D banks only: random and .npy weights already span the input channels")
         return value
 
@@ -263,14 +229,15 @@ class Conv(Stage):
     @classmethod
     def _bias_not_true(cls, value):
         if value is True:
-            raise ValueError("true gives no values: give a list of one number per output channel or a .npy path")
+            raise ValueError("true gives no values: give a list of one number per output channel, a .npy path or "
+                             "a tensor name")
         return value
 
     @field_validator("bias")
     @classmethod
     def _bias_values(cls, value, info: ValidationInfo):
         if isinstance(value, str):
-            read_npy(value, info, "bias", ndim=1)
+            stage_array(value, info, "bias", ndim=1, expected="(O,)")
         elif isinstance(value, list):
             if not value:
                 raise ValueError("the list is empty; give one number per output channel, or false")
@@ -280,14 +247,14 @@ class Conv(Stage):
 
     @model_validator(mode="after")
     def _hold_arrays(self, info: ValidationInfo):
-        if not _is_file(self.filters) and BANKS[self.filters].full and self.out_channels is None:
+        if not _is_weights(self.filters) and BANKS[self.filters].full and self.out_channels is None:
             raise ValueError(f"filters {self.filters} needs out_channels (the number of filters to draw)")
-        if not _is_file(self.filters):  # a bank too large to build is a config error, found now
+        if not _is_weights(self.filters):  # a bank too large to build is a config error, found now
             check_bank_size(self.filters, self.kernel, self._bank_params())
-        if _is_file(self.filters):
-            self._weights = HeldArray(read_npy(self.filters, info, "weights", ndim=4))
+        if _is_weights(self.filters):
+            self._weights = HeldArray(read_filters(self.filters, info))
         if isinstance(self.bias, str):
-            self._bias = HeldArray(read_npy(self.bias, info, "bias", ndim=1))
+            self._bias = HeldArray(stage_array(self.bias, info, "bias", ndim=1, expected="(O,)"))
         elif self.bias is not False:
             self._bias = HeldArray(np.asarray(self.bias, np.float32))
         outputs = self._fixed_out_channels()
@@ -302,7 +269,7 @@ class Conv(Stage):
     @property
     def _full(self) -> bool:
         """Full 4-D weights on the input channels (random, .npy), rather than a 2-D bank."""
-        return _is_file(self.filters) or BANKS[self.filters].full  # no private attribute: trace calls this often
+        return _is_weights(self.filters) or BANKS[self.filters].full  # no private attribute: trace calls this often
 
     def _bank_params(self) -> tuple[tuple[str, object], ...]:
         values = ((p, getattr(self, p)) for p in BANKS[self.filters].params)
@@ -353,10 +320,9 @@ class Conv(Stage):
 
     def _pads(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right); ShapeError where torch's padding mode refuses them."""
-        padding = (self.padding, self.padding) if isinstance(self.padding, str) else self.padding
         per_axis = [
-            conv_padding(size, k, d, p)
-            for size, k, d, p in zip((height, width), self.kernel, self.dilation, padding)
+            axis_padding(self.padding, axis, size, k, s, d)
+            for axis, size, k, s, d in zip((0, 1), (height, width), self.kernel, self.stride, self.dilation)
         ]
         for axis, size, pads in zip("hw", (height, width), per_axis):
             if self.padding_mode == "reflect" and max(pads) >= size:
@@ -398,30 +364,43 @@ class Conv(Stage):
             raise ShapeError(f"bias has {self._bias.array.size} values, but the conv gives {outputs} output channels")
         return outputs
 
-    def output_shape(self, shape):
-        channels, height, width = self.expect_map(shape)
-        return self._derive(("shape", tuple(shape)),
-                            lambda: (self._out_channels(channels), *self._output_hw(height, width)))
+    def link(self, earlier):
+        if self.residual is None:
+            return ()
+        if self.residual != "input" and self.residual not in earlier:
+            guess = difflib.get_close_matches(self.residual, [*earlier, "input"], n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            raise ValueError(f"residual: no earlier stage is named '{self.residual}'{hint}")
+        return (self.residual,)
 
-    def params(self, shape):
+    def output_shape(self, shape, residual=None):
+        channels, height, width = self.expect_map(shape)
+        out = self._derive(("shape", tuple(shape)),
+                           lambda: (self._out_channels(channels), *self._output_hw(height, width)))
+        if residual is not None and tuple(residual) != out:
+            raise ShapeError(f"the residual '{self.residual}' has shape {tuple(residual)}, the conv's output {out}")
+        self.activation.check_shape(out)
+        return out
+
+    def params(self, shape, residual=None):
         channels = self.expect_map(shape)[0]
         kh, kw = self.kernel
         held = self._fixed_out_channels() * (channels // self.groups) * kh * kw if self._full else self.bank().size
         return held + (0 if self._bias is None else self._bias.array.size)
 
-    def macs(self, shape):
+    def macs(self, shape, residual=None):
         channels, height, width = self.expect_map(shape)
         out_c, out_h, out_w = self.output_shape(shape)
         per_output = self.kernel[0] * self.kernel[1] * (channels // self.groups if self._full else 1)
         mean = channels * height * width if not self._full and self.channels == "mean" and channels > 1 else 0
         return out_c * out_h * out_w * per_output + mean
 
-    def receptive_field(self, rf, shape):
+    def receptive_field(self, rf, shape, residual=None):
         return rf.through(self._window.effective, self.stride)
 
     # --- applying ------------------------------------------------------------------------------
 
-    def __call__(self, x):
+    def __call__(self, x, residual=None):
         out_c, out_h, out_w = self.output_shape(x.shape)
         pads = self._pads(*x.shape[1:])
         if not self._full and self.channels == "mean":
@@ -432,7 +411,9 @@ class Conv(Stage):
         packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
         out = kernels.conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
                              self.groups_for(len(x)), (out_h, out_w), offsets)
-        return apply_activation(out, self.activation, inplace=True)
+        if residual is not None:
+            np.add(out, residual, out=out)
+        return self.activation.apply(out, inplace=True)
 
     def _prepared(self, shape, pads):
         """What the kernel needs besides the map, kept between calls: the weights in its layout,

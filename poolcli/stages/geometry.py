@@ -77,20 +77,35 @@ def pooled_size(size: int, span: int, stride: int, pad: int, ceil_mode: bool) ->
     return out
 
 
-def conv_padding(size: int, kernel: int, dilation: int, padding) -> tuple[int, int]:
-    """(before, after) padding along one axis for ``padding`` = int, ``same`` or ``valid``.
+def axis_padding(padding, axis: int, size: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) padding along ``axis`` (0: rows, 1: columns) of ``size`` for ``padding``:
+    an int pair ``(ph, pw)``, four numbers ``(top, left, bottom, right)`` (ONNX ``pads`` order),
+    ``valid`` (none), ``same`` or ``same_upper`` / ``same_lower``.
 
-    ``same`` follows torch: the total ``dilation * (kernel - 1)`` split with the extra one after.
+    ``same`` follows torch (stride 1): the total ``dilation * (kernel - 1)`` split with the extra
+    one after. ``same_upper`` and ``same_lower`` follow ONNX's ``auto_pad``: the output is
+    ``ceil(size / stride)`` and the total padding it needs, ``(out - 1) * stride + dilation *
+    (kernel - 1) + 1 - size`` (at least 0), is split with the extra one after (upper) or before
+    (lower).
 
-    >>> conv_padding(10, 4, 1, "same")
-    (1, 2)
+    >>> axis_padding("same", 0, 10, 4), axis_padding("same_upper", 0, 7, 3, 2), axis_padding("same_lower", 0, 8, 2, 1)
+    ((1, 2), (1, 1), (1, 0))
+    >>> axis_padding((1, 2, 3, 4), 1, 10, 3)
+    (2, 4)
     """
     if padding == "valid":
         return 0, 0
     if padding == "same":
         total = dilation * (kernel - 1)
         return total // 2, total - total // 2
-    return padding, padding
+    if padding in ("same_upper", "same_lower"):
+        out = -(-size // stride)
+        total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
+        small, large = total // 2, total - total // 2
+        return (small, large) if padding == "same_upper" else (large, small)
+    if len(padding) == 4:
+        return padding[axis], padding[axis + 2]
+    return padding[axis], padding[axis]
 
 
 def adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ from poolcli.config import PositiveInt
 from poolcli.errors import ShapeError
 from poolcli.io.storage import as_path, is_url, local_path, readable
 from poolcli.stages.base import Stage, register_stage
-from poolcli.stages.conv import HeldArray
+from poolcli.stages.arrays import HeldArray
 
 #: Added to the norm before dividing, as cirtorch's ``whitenapply`` does.
 NORM_EPS = 1e-6
