@@ -248,17 +248,21 @@ def _replace(stages: list[Stage], removed: Stage, by: Stage) -> None:
 
 
 def fuse_bias(stages: list[Stage], graph: Graph) -> int:
-    """``add`` of a constant per output channel right after a conv or linear without a
-    nonlinearity (ConvNeXt's channels-last Linear is MatMul then Add): into its bias."""
+    """``add`` of a constant per output channel right after a conv, transposed conv or linear
+    without a nonlinearity (ConvNeXt's channels-last Linear is MatMul then Add; paddle2onnx
+    writes ConvTranspose's bias as an Add): into its bias."""
     done = 0
     for add in list(stages):
         if add.type != "add" or "value" not in add.params or len(add.inputs) != 1 or "activation" in add.params:
             continue
         before = next((s for s in stages if s.output == add.inputs[0]), None)
-        if (before is None or before.type not in ("conv", "linear") or "activation" in before.params
+        if (before is None or before.type not in ("conv", "conv_transpose", "linear") or "activation" in before.params
                 or before.residual or _single_user(stages, graph, before.output) is not add):
             continue
-        out = (before.params["filters"] if before.type == "conv" else before.params["weight"]).array.shape[0]
+        if before.type == "conv_transpose":  # filters (C_in, O / groups, kh, kw)
+            out = before.params["filters"].array.shape[1] * before.params.get("groups", 1)
+        else:
+            out = (before.params["filters"] if before.type == "conv" else before.params["weight"]).array.shape[0]
         value = add.params["value"]
         array = np.full(out, value, np.float32) if isinstance(value, float) else value.array.reshape(-1)
         if array.size != out:
