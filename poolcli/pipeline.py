@@ -417,14 +417,15 @@ def _build_nodes(config: PipelineConfig) -> list[Node]:
 def _inputs_of(stage: Stage, nodes: list[Node], names: set[str], where: str, index: int) -> tuple[str, ...]:
     loc = ("stages", index, "from")
     source = stage.from_
+    many = stage.takes_many()
     if source is None:
-        if stage.inputs == "many":
+        if many:
             raise ConfigError(f"{where}.from: {stage.type} takes a list of earlier stages, e.g. from: [a, b]", loc=loc)
         return (nodes[-1].name if nodes else "input",)
     listed = [source] if isinstance(source, str) else list(source)
-    if stage.inputs == "many" and (isinstance(source, str) or len(listed) < 1):
+    if many and (isinstance(source, str) or len(listed) < 1):
         raise ConfigError(f"{where}.from: {stage.type} takes a list of earlier stages, e.g. from: [a, b]", loc=loc)
-    if stage.inputs != "many" and len(listed) != 1:
+    if not many and len(listed) != 1:
         raise ConfigError(f"{where}.from: {stage.type} takes one input, got {len(listed)}", loc=loc)
     for name in listed:
         if name not in names:

@@ -580,3 +580,164 @@ def whiten(x, mean, projection, eps=1e-6):
     y = [sum(float(p) * v for p, v in zip(row, x)) for row in projection]
     norm = math.sqrt(sum(v * v for v in y))
     return np.array([v / (norm + eps) for v in y], np.float32)
+
+
+# --- layers of trained networks -------------------------------------------------------------------
+
+
+def _at(array, index):
+    """``array`` read at ``index`` of the broadcast result: size-1 axes read 0, missing leading
+    axes are dropped (NumPy's broadcasting, written out)."""
+    array = np.asarray(array)
+    index = index[len(index) - array.ndim :]
+    return array[tuple(0 if n == 1 else i for n, i in zip(array.shape, index))]
+
+
+def arithmetic(op, *operands):
+    """``a op b`` (``op`` one of + - * /) element by element over the broadcast shape, in float32
+    as the stages compute; ``+`` of several operands sums them left to right."""
+    shape = np.broadcast_shapes(*(np.shape(a) for a in operands))
+    out = np.empty(shape, np.float32)
+    for index in np.ndindex(*shape):
+        value = np.float32(_at(operands[0], index))
+        for other in operands[1:]:
+            b = np.float32(_at(other, index))
+            with np.errstate(all="ignore"):
+                value = {"+": value + b, "-": value - b, "*": value * b, "/": value / b}[op]
+        out[index] = value
+    return out
+
+
+def batch_norm(x, weight, bias, mean, var, eps=1e-5):
+    out = np.empty(x.shape, np.float64)
+    for c in range(x.shape[0]):
+        out[c] = (x[c].astype(np.float64) - mean[c]) / math.sqrt(var[c] + eps) * weight[c] + bias[c]
+    return out
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Over the channels at each position of a map, over a vector's elements."""
+    if x.ndim == 1:
+        return layer_norm(x[:, None, None], weight, bias, eps)[:, 0, 0]
+    out = np.empty(x.shape, np.float64)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            v = [float(t) for t in x[:, i, j]]
+            mean = sum(v) / len(v)
+            var = sum((t - mean) ** 2 for t in v) / len(v)
+            for c, t in enumerate(v):
+                y = (t - mean) / math.sqrt(var + eps)
+                out[c, i, j] = y * (1 if weight is None else weight[c]) + (0 if bias is None else bias[c])
+    return out
+
+
+def softmax(x):
+    """Over the channels at each position of a map, over a vector's elements."""
+    if x.ndim == 1:
+        return softmax(x[:, None, None])[:, 0, 0]
+    out = np.empty(x.shape, np.float64)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            v = [float(t) for t in x[:, i, j]]
+            top = max(v)
+            e = [math.exp(t - top) for t in v]
+            for c in range(len(v)):
+                out[c, i, j] = e[c] / sum(e)
+    return out
+
+
+def linear(x, weight, bias=None):
+    return np.array([sum(float(w) * float(v) for w, v in zip(row, x)) + (0 if bias is None else float(bias[o]))
+                     for o, row in enumerate(weight)])
+
+
+def resize(x, out_hw, scales, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"):
+    """ONNX Resize of a (C, H, W) map, output by output, from the operator's definition: each
+    output index maps to an input coordinate (in float32, as onnxruntime computes it), which
+    nearest rounds and linear interpolates, reading the edge past the map."""
+    f = np.float32
+
+    def coordinate(i, out, size, s):
+        i, s = f(i), f(s)
+        if s == 1:  # onnxruntime copies an axis of scale 1, whatever the mode
+            return i
+        if coordinate_mode == "asymmetric":
+            return i / s
+        if coordinate_mode == "align_corners":
+            return f(0) if out == 1 else i * f(size - 1) / f(out - 1)
+        if coordinate_mode == "pytorch_half_pixel":
+            return (i + f(0.5)) / s - f(0.5) if out > 1 else f(0)
+        if coordinate_mode == "tf_half_pixel_for_nn":
+            return (i + f(0.5)) / s
+        if coordinate_mode == "half_pixel_symmetric":  # onnxruntime: the offset in float32, the rest in float64
+            offset = f(size) / f(2) * (f(1) - f(out) / (s * f(size)))
+            return f(float(offset) + (float(i) + 0.5) / float(s) - 0.5)
+        return (i + f(0.5)) / s - f(0.5)
+
+    def nearest(c, size):
+        c = float(c)
+        below = math.floor(c)
+        if c == below:
+            index = below
+        elif nearest_mode == "floor":
+            index = below
+        elif nearest_mode == "ceil":
+            index = below + 1
+        elif nearest_mode == "round_prefer_ceil":
+            index = below if c - below < 0.5 else below + 1
+        else:
+            index = below if c - below <= 0.5 else below + 1
+        return min(max(index, 0), size - 1)
+
+    def taps(c, size):
+        c = min(max(float(c), 0.0), size - 1.0)
+        first = min(int(c), size - 1)
+        second = min(first + 1, size - 1)
+        return [(first, 1 - (c - first)), (second, c - first)]
+
+    (_, h, w), (oh, ow) = x.shape, out_hw
+    out = np.zeros((x.shape[0], oh, ow))
+    for i in range(oh):
+        cy = coordinate(i, oh, h, scales[0])
+        for j in range(ow):
+            cx = coordinate(j, ow, w, scales[1])
+            if mode == "nearest":
+                out[:, i, j] = x[:, nearest(cy, h), nearest(cx, w)]
+            else:
+                for a, wa in taps(cy, h):
+                    for b, wb in taps(cx, w):
+                        out[:, i, j] += wa * wb * x[:, a, b].astype(np.float64)
+    return out
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """torch conv_transpose2d by its definition, in float64: input pixel (c, i, j) adds
+    ``x * weight[c, o]`` at rows ``i * sh + a * dh - top`` and columns ``j * sw + b * dw - left``
+    of output channel ``g * O/groups + o``; ``padding``: int, (ph, pw) or (top, left, bottom,
+    right) as ONNX's pads."""
+    weight = np.asarray(weight, np.float64)
+    c_in, per_group_out, kh, kw = weight.shape
+    (sh, sw), (dh, dw), (oph, opw) = _pair(stride), _pair(dilation), _pair(output_padding)
+    if isinstance(padding, int):
+        padding = (padding,) * 4
+    elif len(padding) == 2:
+        padding = (padding[0], padding[1], padding[0], padding[1])
+    top, left, bottom, right = padding
+    _, h, w = x.shape
+    oh = (h - 1) * sh - top - bottom + dh * (kh - 1) + oph + 1
+    ow = (w - 1) * sw - left - right + dw * (kw - 1) + opw + 1
+    out = np.zeros((per_group_out * groups, oh, ow))
+    per_group_in = c_in // groups
+    for c in range(c_in):
+        g = c // per_group_in
+        for i in range(h):
+            for j in range(w):
+                for o in range(per_group_out):
+                    for a in range(kh):
+                        for b in range(kw):
+                            r, s = i * sh + a * dh - top, j * sw + b * dw - left
+                            if 0 <= r < oh and 0 <= s < ow:
+                                out[g * per_group_out + o, r, s] += float(x[c, i, j]) * weight[c, o, a, b]
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[:, None, None]
+    return out

@@ -15,19 +15,24 @@ except ImportError:
 needs_onnx = pytest.mark.skipif(onnxruntime is None, reason="onnx and onnxruntime are not installed")
 
 
-def run_node(op: str, inputs: list, constants: dict | None = None, opset: int = 17, **attributes) -> np.ndarray:
-    """The output of one ONNX node ``op`` with ``attributes``: ``inputs`` are float32 arrays fed
-    as graph inputs, in order; ``constants`` (name -> array) are initializers named after them,
-    in the node's input list (a name of "" leaves an optional input out)."""
+def run_node(op: str, inputs: list, constants: dict | None = None, opset: int = 17, outputs: int = 1,
+             **attributes):
+    """The output of one ONNX node ``op`` with ``attributes`` (a list of ``outputs`` arrays where
+    it has several): ``inputs`` are float32 arrays fed as graph inputs, in order; ``constants``
+    (name -> array) are initializers named after them, in the node's input list (a value of None
+    leaves an optional input out)."""
     constants = constants or {}
     feeds = {f"x{i}": np.ascontiguousarray(a, np.float32) for i, a in enumerate(inputs)}
-    names = [*feeds, *constants]
+    names = [*feeds, *(n if a is not None else "" for n, a in constants.items())]
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in feeds.items()]
-    initializers = [numpy_helper.from_array(np.asarray(a), n) for n, a in constants.items() if n]
-    node = helper.make_node(op, names, ["y"], **attributes)
-    graph = helper.make_graph([node], "one", graph_inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    initializers = [numpy_helper.from_array(np.asarray(a), n) for n, a in constants.items() if a is not None]
+    results = [f"y{i}" for i in range(outputs)]
+    node = helper.make_node(op, names, results, **attributes)
+    graph = helper.make_graph([node], "one", graph_inputs,
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in results],
                               initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
+    values = session.run(None, feeds)
+    return values if outputs > 1 else values[0]

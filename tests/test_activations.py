@@ -87,7 +87,7 @@ def test_equals_torch(fn, params, reference, rng):
     ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}, "HardSigmoid", {"alpha": 0.2}, {}),
     ("hard_swish", {}, "HardSwish", {}, {}),
     ("clip", {"min": 0, "max": 6}, "Clip", {}, {"lo": np.float32(0), "hi": np.float32(6)}),
-    ("clip", {"max": 1.5}, "Clip", {}, {"": None, "hi": np.float32(1.5)}),
+    ("clip", {"max": 1.5}, "Clip", {}, {"lo": None, "hi": np.float32(1.5)}),
     ("leaky_relu", {"alpha": 0.2}, "LeakyRelu", {"alpha": 0.2}, {}),
     ("elu", {}, "Elu", {}, {}),
     ("softplus", {}, "Softplus", {}, {}),

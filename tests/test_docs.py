@@ -24,6 +24,8 @@ SPEC_OPERATORS = [
     "fractional_max_pool", "stochastic_pool", "soft_pool", "center_pool", "corner_pool", "strip_pool",
     "max_unpool", "upsample", "pyramid_fuse", "concat", "global_avg_pool", "global_max_pool", "gem", "spp",
     "rmac", "hopfield_pool", "flatten", "whiten",
+    # the layers of trained networks (poolcli import)
+    "batch_norm", "layer_norm", "softmax", "linear", "slice", "add", "sub", "mul", "div", "conv_transpose", "resize",
 ]
 
 

@@ -2,6 +2,7 @@
 (``STAGES``); no module here imports numba at import time."""
 
 from poolcli.stages import (  # noqa: F401  (importing a module registers its stages)
+    arithmetic,
     combine,
     conv,
     detection,
@@ -9,6 +10,7 @@ from poolcli.stages import (  # noqa: F401  (importing a module registers its st
     fractional,
     global_pool,
     hopfield,
+    layers,
     pool,
     pyramid,
     resample,

@@ -12,9 +12,10 @@ import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from pydantic import ValidationInfo
+from pydantic import BeforeValidator, ValidationInfo, field_validator
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,10 +92,30 @@ def read_tensor(name: str, info: ValidationInfo, what: str, ndim: int | None = N
 
 
 def stage_array(value, info: ValidationInfo, what: str, ndim: int | None = None,
-                expected: str | None = None) -> np.ndarray:
+                expected: str | None = None, max_ndim: int | None = None) -> np.ndarray:
     """The float32 array a parameter gives: an inline number or (nested) list, a ``.npy`` path or a
     tensor name. ``ndim`` (where not None) is required of files and tensors; an inline number is
-    (1,) and an inline list must have ``ndim`` dimensions too."""
+    (1,) and an inline list must have ``ndim`` dimensions too; ``max_ndim`` is the most any may have."""
+    array = _stage_array(value, info, what, ndim, expected)
+    if max_ndim is not None and array.ndim > max_ndim:
+        raise ValueError(f"{what} must have at most {max_ndim} dimensions (C, H, W), got shape {array.shape}")
+    return array
+
+
+def array_check(*fields: str, ndim: int | None = None, expected: str | None = None, max_ndim: int | None = None):
+    """A field validator that reads each of ``fields`` (when given) with :func:`stage_array`, so that a
+    missing tensor or a wrong shape is reported at the field (``stages[3] (conv 'x').bias: ...``);
+    the model's own validator then reads it again (cheap: the weights file keeps what it read)."""
+
+    def check(cls, value, info: ValidationInfo):
+        if value is not None and value is not False:
+            stage_array(value, info, info.field_name, ndim, expected, max_ndim)
+        return value
+
+    return field_validator(*fields)(check)
+
+
+def _stage_array(value, info, what, ndim, expected) -> np.ndarray:
     if isinstance(value, str):
         if is_npy(value):
             return read_npy(value, info, what, ndim, expected)
@@ -114,5 +135,11 @@ def stage_array(value, info: ValidationInfo, what: str, ndim: int | None = None,
     return _frozen(array)
 
 
-#: The JSON Schema and the type of a parameter that takes an array.
-ArrayValue = float | list | str
+def _not_bool(value):
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} gives no values: give a number, a list, a .npy path or a tensor name")
+    return value
+
+
+#: The type of a parameter that takes an array: a number, a (nested) list, a .npy path or a tensor name.
+ArrayValue = Annotated[float | list | str, BeforeValidator(_not_bool)]

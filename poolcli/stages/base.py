@@ -109,6 +109,11 @@ class Stage(Model):
     makes_vector: ClassVar[bool] = False  # True for map -> vector stages
     example: ClassVar[dict] = {}  # parameters of the worked example `poolcli stages TYPE` shows
 
+    def takes_many(self) -> bool:
+        """Whether ``from`` lists several inputs (``inputs = "many"``); the arithmetic stages
+        take one input with a ``value`` and several without."""
+        return self.inputs == "many"
+
     def output_rank(self, *ranks: int) -> int:
         """Rank of the output (3 for a map, 1 for a vector) given the inputs' ranks."""
         return 1 if self.makes_vector else ranks[0]

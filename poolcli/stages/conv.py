@@ -12,8 +12,8 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt, padding_spec, pair
 from poolcli.errors import ShapeError
-from poolcli.stages.arrays import HeldArray, is_npy, stage_array, weights_file
-from poolcli.stages.base import Stage, kernel_module, register_stage
+from poolcli.stages.arrays import ArrayValue, HeldArray, array_check, is_npy, stage_array, weights_file
+from poolcli.stages.base import ReceptiveField, Stage, kernel_module, register_stage
 from poolcli.stages.elementwise import ACTIVATION_FIELD, ActivationValue
 from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, make_bank
 from poolcli.stages.geometry import Window, axis_padding, pooled_size
@@ -447,3 +447,164 @@ class Conv(Stage):
                 derived.clear()
             derived[key] = value
         return value
+
+
+@register_stage("conv_transpose")
+class ConvTranspose(Stage):
+    """Transposed 2-D convolution, = torch ``conv_transpose2d`` and ONNX ConvTranspose: each input
+    pixel adds its weighted kernel into the output, ``stride`` apart, then the padding is cropped
+    off; then an optional bias and activation.
+
+    ``filters`` are weights ``(C_in, O/groups, kh, kw)`` (torch's and ONNX's layout): a ``.npy``
+    path, a tensor of the weights file, or a nested list. The output size is ``(H - 1) * stride
+    - pad_top - pad_bottom + dilation * (kh - 1) + output_padding + 1`` (``padding``: an int,
+    ``[ph, pw]`` or four numbers ``[top, left, bottom, right]``, ONNX's ``pads``). It runs as
+    the conv kernel on the input with ``stride - 1`` zeros between its pixels, and the flipped,
+    transposed weights.
+
+    Examples
+    --------
+    >>> x = np.array([[1, 2], [3, 4]], np.float32)[None]
+    >>> ConvTranspose(type="conv_transpose", filters=[[[[1, 0], [0, -1]]]], stride=2)(x)[0]
+    array([[ 1.,  0.,  2.,  0.],
+           [ 0., -1.,  0., -2.],
+           [ 3.,  0.,  4.,  0.],
+           [ 0., -3.,  0., -4.]], dtype=float32)
+    """
+
+    summary = "transposed 2-D convolution (= torch conv_transpose2d, ONNX ConvTranspose): learnt upsampling"
+    example: ClassVar[dict] = {"filters": [[[[1.0, 0.5], [0.5, 0.25]]]], "stride": 2}
+
+    filters: ArrayValue = Field(description="weights (C_in, O/groups, kh, kw): a .npy path, a tensor name or a nested list")
+    bias: Literal[False] | ArrayValue = Field(False, description="false, or O numbers (a list, a .npy path or a tensor)")
+    stride: pair(1) = Field((1, 1), description="int or [sh, sw]")
+    padding: padding_spec() = Field((0, 0), description="int, [ph, pw] or [top, left, bottom, right]: cropped off the "
+                                                        "full output")
+    output_padding: pair(0) = Field((0, 0), description="int or [h, w]: added at the bottom and right of the output; "
+                                                        "less than the stride or the dilation")
+    dilation: pair(1) = Field((1, 1), description="int or [dh, dw]: spacing between kernel taps")
+    groups: PositiveInt = Field(1, description="input and output channels split in groups, as in torch")
+    activation: ActivationValue = ACTIVATION_FIELD
+
+    _weights: HeldArray | None = PrivateAttr(None)
+    _bias: HeldArray | None = PrivateAttr(None)
+    _derived: DerivedCache = PrivateAttr(default_factory=DerivedCache)
+
+    _check_filters = array_check("filters", ndim=4, expected="(C_in, O/groups, kh, kw)")
+    _check_bias = array_check("bias", ndim=1, expected="(O,)")
+
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _bias_not_true(cls, value):
+        if value is True:
+            raise ValueError("true gives no values: give one number per output channel, a .npy path or a tensor name")
+        return value
+
+    @model_validator(mode="after")
+    def _hold_arrays(self, info: ValidationInfo):
+        weights = stage_array(self.filters, info, "filters", ndim=4, expected="(C_in, O/groups, kh, kw)")
+        if weights.shape[0] % self.groups:
+            raise ValueError(f"groups {self.groups} must divide the weights' {weights.shape[0]} input channels")
+        self._weights = HeldArray(weights)
+        if self.bias is not False:
+            bias = stage_array(self.bias, info, "bias", ndim=1, expected="(O,)")
+            if bias.size != self.out_channels:
+                raise ValueError(f"bias has {bias.size} values, the weights give {self.out_channels} output channels")
+            self._bias = HeldArray(bias)
+        for axis, extra, s, d in zip("hw", self.output_padding, self.stride, self.dilation):
+            if extra >= max(s, d):
+                raise ValueError(f"output_padding must be smaller than the stride or the dilation, got {extra} "
+                                 f"along {axis} for stride {s} and dilation {d}")
+        return self
+
+    @classmethod
+    def example_call(cls, params: dict, x: np.ndarray):
+        """The example on ``x`` (see :func:`poolcli.explain.example_call`): its one filter for each
+        input channel, summed into one output."""
+        params = {**params, "filters": params["filters"] * x.shape[0]}
+        return params, cls.model_validate(params), (x,)
+
+    @property
+    def out_channels(self) -> int:
+        return self._weights.array.shape[1] * self.groups
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self._weights.array.shape[2:]
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) cropped off the full output."""
+        (top, bottom), (left, right) = (axis_padding(self.padding, a, 0, 0) for a in (0, 1))
+        return top, bottom, left, right
+
+    def output_shape(self, shape):
+        channels, height, width = self.expect_map(shape)
+        if channels != self._weights.array.shape[0]:
+            raise ShapeError(f"the weights take {self._weights.array.shape[0]} input channels, the map has {channels}")
+        top, bottom, left, right = self._pads()
+        sizes = tuple(
+            (n - 1) * s - before - after + d * (k - 1) + extra + 1
+            for n, s, before, after, d, k, extra in zip(
+                (height, width), self.stride, (top, left), (bottom, right), self.dilation, self.kernel,
+                self.output_padding)
+        )
+        if min(sizes) < 1:
+            raise ShapeError(f"padding {top},{bottom} (rows) and {left},{right} (columns) crops away the whole "
+                             f"output of a {height}x{width} map")
+        out = (self.out_channels, *sizes)
+        self.activation.check_shape(out)
+        return out
+
+    def params(self, shape):
+        return self._weights.array.size + (0 if self._bias is None else self._bias.array.size)
+
+    def macs(self, shape):
+        _, height, width = self.expect_map(shape)
+        return height * width * self._weights.array.size
+
+    def receptive_field(self, rf, shape):
+        # Approximate: an output reads ceil(span / stride) neighbouring inputs along each axis.
+        if rf.size is None:
+            return rf
+        spans = Window.of(self.kernel, self.stride, dilation=self.dilation).effective
+        size = tuple(r + (-(-e // s) - 1) * j for r, e, s, j in zip(rf.size, spans, self.stride, rf.jump))
+        return ReceptiveField(size, tuple(max(1, j // s) for j, s in zip(rf.jump, self.stride)))
+
+    def _conv_weights(self):
+        """The weights of the equivalent convolution, (O, C_in/groups, kh, kw): each group's
+        transposed and flipped, packed for the kernel, and the bias (built once)."""
+
+        def build():
+            w = self._weights.array
+            c_in, per_group_out, kh, kw = w.shape
+            per_group_in = c_in // self.groups
+            grouped = w.reshape(self.groups, per_group_in, per_group_out, kh, kw)
+            conv = grouped.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1].reshape(self.out_channels, per_group_in, kh, kw)
+            conv = np.ascontiguousarray(conv, np.float32)
+            bias = np.zeros(self.out_channels, np.float32) if self._bias is None else self._bias.array
+            return kernels.pack_weights(conv, self.groups), conv.shape, np.require(bias, np.float32, "CW")
+
+        cached = self._derived.get("weights")
+        if cached is None:
+            cached = self._derived["weights"] = build()
+        return cached
+
+    def __call__(self, x):
+        out_c, out_h, out_w = self.output_shape(x.shape)
+        c, h, w = x.shape
+        (sh, sw), (dh, dw), (kh, kw) = self.stride, self.dilation, self.kernel
+        top, bottom, left, right = self._pads()
+        # Full padding of the dilated input: d * (k - 1) less the cropped padding; a negative
+        # one crops the dilated input instead.
+        before_h, after_h = dh * (kh - 1) - top, dh * (kh - 1) - bottom + self.output_padding[0]
+        before_w, after_w = dw * (kw - 1) - left, dw * (kw - 1) - right + self.output_padding[1]
+        rows, cols = (h - 1) * sh + 1, (w - 1) * sw + 1
+        spread = np.zeros((c, rows + max(0, before_h) + max(0, after_h), cols + max(0, before_w) + max(0, after_w)),
+                          np.float32)
+        spread[:, max(0, before_h) : max(0, before_h) + rows : sh, max(0, before_w) : max(0, before_w) + cols : sw] = x
+        spread = np.ascontiguousarray(spread[:, max(0, -before_h) : spread.shape[1] - max(0, -after_h),
+                                             max(0, -before_w) : spread.shape[2] - max(0, -after_w)])
+        packed, weight_shape, bias = self._conv_weights()
+        out = kernels.conv2d(spread, packed, weight_shape, bias, (0, 0, 0, 0), "zeros", (1, 1), self.dilation,
+                             self.groups, (out_h, out_w))
+        return self.activation.apply(out, inplace=True)

@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, ValidationInfo, WithJs
 
 from poolcli.config import Model
 from poolcli.errors import ShapeError
-from poolcli.stages.arrays import ArrayValue, HeldArray, stage_array
+from poolcli.stages.arrays import ArrayValue, HeldArray, array_check, stage_array
 from poolcli.stages.base import Stage, kernel_module, register_stage
 
 kernels = kernel_module("elementwise")
@@ -47,6 +47,8 @@ class Activation(Model):
 
     _slope: HeldArray | None = PrivateAttr(None)
 
+    _check_slope = array_check("slope", max_ndim=3)
+
     @model_validator(mode="after")
     def _parameters_fit(self, info: ValidationInfo):
         taken = _PARAMS.get(self.fn, {})
@@ -57,10 +59,7 @@ class Activation(Model):
         if self.fn == "prelu":
             if self.slope is None:
                 raise ValueError("prelu needs slope (a number, a list, a .npy path or a tensor name)")
-            slope = stage_array(self.slope, info, "slope")
-            if slope.ndim > 3:
-                raise ValueError(f"slope must have at most 3 dimensions (C, H, W), got shape {slope.shape}")
-            self._slope = HeldArray(slope)
+            self._slope = HeldArray(stage_array(self.slope, info, "slope"))
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"clip needs min <= max, got min {self.min} and max {self.max}")
         return self
