@@ -143,10 +143,11 @@ def test_family_matches_onnxruntime(tmp_path, family, opset):
     pipe = M.check_against_onnxruntime(exported(family, opset), tmp_path, SIZES)
     text = (tmp_path / "out" / "pipeline.yaml").read_text()
     assert "BatchNormalization" not in text and "batch_norm" not in text  # every BN folded
-    if family.startswith(("resnet", "yolov8")):
+    if family.startswith(("resnet", "mobilenet", "convnext")):
         assert "residual:" in text
-    if family == "yolov8_twin":
+    if family == "yolov8_twin":  # its bottleneck adds after a SiLU: a separate add, not a residual
         assert "activation: silu" in text and "type: slice" in text and "type: resize" in text
+        assert "type: add" in text and "residual:" not in text
     if family == "convnext_tiny":
         assert "type: layer_norm" in text and "gelu" in text
     assert pipe.kind == "maps"
