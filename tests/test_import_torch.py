@@ -182,3 +182,25 @@ def test_until_keeps_only_what_it_needs(tmp_path):
     assert pipe.nodes[-1].stage.type == "concat"
     text = (tmp_path / "out" / "pipeline.yaml").read_text()
     assert "/neck/" not in text
+
+
+def test_ultralytics_yolov8n_through_its_neck(tmp_path, monkeypatch):
+    """The real YOLOv8n (Ultralytics' own definition, random weights from yolov8n.yaml, no
+    download), through its neck: the three maps its Detect head reads. Skipped where
+    ultralytics is not installed (it is not a test dependency)."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo_settings"))
+    ultralytics = pytest.importorskip("ultralytics")
+    torch.manual_seed(0)
+    model = ultralytics.YOLO("yolov8n.yaml").model.eval()
+    data = M.export_torch(model, (3, 64, 64), 17, output_names=("output0",))
+    o = M.onnx()
+    graph = o.load_from_string(data).graph
+    head = [n for n in graph.node if n.op_type == "Conv" and n.name.endswith(("cv2.0.0/conv/Conv", "cv2.1.0/conv/Conv",
+                                                                              "cv2.2.0/conv/Conv"))]
+    until = [n.input[0] for n in head]
+    assert len(until) == 3
+    pipe = M.check_against_onnxruntime(data, tmp_path, ((64, 64), (64, 96)), until=until)
+    text = (tmp_path / "out" / "pipeline.yaml").read_text()
+    assert "type: resize" in text and "type: slice" in text and text.count("type: max_pool") == 3
+    assert pipe.nodes[-1].name in text
