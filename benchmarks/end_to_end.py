@@ -2,6 +2,7 @@
 
     python benchmarks/end_to_end.py                            # configs/retrieval.yaml if present, else gabor_gem
     python benchmarks/end_to_end.py --config configs/gabor_gem.yaml --rounds 3
+    python benchmarks/end_to_end.py --phone                    # only the phone-sized case
 
 The input is a folder of 200 JPEG photographs of about one megapixel (1200 x 840), each a
 mosaic of four random crops of the photographs in ``sample_images/`` with random flips, written
@@ -15,6 +16,14 @@ L2-normalised output; ``torch.set_num_threads(2)``; a sequential loop, and optio
 excluded (poolcli's own ``seconds`` in ``--json``; the script's loop time); the wall time of
 each whole process is shown too. The two outputs are compared: the largest difference between
 poolcli's descriptors and torch's must be float32 rounding, or the two did not do the same work.
+
+The phone-sized case (also run alone with ``--phone``) is ``--phone-photos`` JPEGs of 4032 x 3024
+at quality 90, as a phone writes them: the sample photographs blown up, with a sensor's noise
+added (which is what makes such files 3 to 5 MB), every third stored sideways with EXIF
+orientation 6. It reports ``poolcli run CONFIG`` (default threads and workers) in images per
+second and its peak resident memory, beside the shrink-on-load decode floor measured in the same
+run, alternately: a bare loop on two threads that only decodes each file with Pillow at reduced
+size (``Image.draft``, the JPEG DCT scaling) and resizes it to the config's input size.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +46,9 @@ from common import REPO, TORCH_THREADS, machine, table, versions
 
 PHOTOS = 200
 PHOTO_SIZE = (1200, 840)  # width, height: about one megapixel
+PHONE_PHOTOS = 96
+PHONE_SIZE = (4032, 3024)  # width, height as the sensor stores it: 12 megapixels
+FLOOR_THREADS = 2
 
 
 def make_photos(folder: Path, count: int = PHOTOS) -> Path:
@@ -72,6 +85,92 @@ def make_photos(folder: Path, count: int = PHOTOS) -> Path:
     return folder
 
 
+def make_phone_photos(folder: Path, count: int = PHONE_PHOTOS) -> Path:
+    """``count`` phone-sized JPEGs (quality 90) in ``folder`` (kept between runs): crops of the
+    sample photographs resized to 4032 x 3024, plus Gaussian noise of a sensor (sigma 8 of 255,
+    one field drawn once and shifted per photo); every third is stored turned a quarter, with
+    EXIF orientation 6 saying how to show it upright."""
+    from PIL import Image
+
+    done = folder.parent / f"{folder.name}.complete"
+    if done.exists() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for path in sorted((REPO / "sample_images").iterdir()):
+        if path.suffix.lower() in (".png", ".jpg"):
+            with Image.open(path) as image:
+                sources.append(image.convert("RGB"))
+    rng = np.random.default_rng(2025)
+    width, height = PHONE_SIZE
+    noise = np.round(rng.standard_normal((height + 64, width + 64, 3), dtype=np.float32) * 8).astype(np.int16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+    for index in range(count):
+        source = sources[index % len(sources)]
+        sideways = index % 3 == 2
+        upright_size = (height, width) if sideways else (width, height)
+        aspect = upright_size[0] / upright_size[1]
+        crop_w = min(source.width, round(source.height * aspect))
+        crop_h = min(source.height, round(crop_w / aspect))
+        left = int(rng.integers(source.width - crop_w + 1))
+        top = int(rng.integers(source.height - crop_h + 1))
+        picture = source.crop((left, top, left + crop_w, top + crop_h)).resize(upright_size, Image.Resampling.BICUBIC)
+        if sideways:  # the sensor's landscape pixels; the viewer turns them upright
+            picture = picture.transpose(Image.Transpose.ROTATE_90)
+        dy, dx = (int(v) for v in rng.integers(64, size=2))
+        pixels = np.asarray(picture, np.int16) + noise[dy:dy + height, dx:dx + width]
+        stored = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        stored.save(folder / f"IMG_{index:04d}.jpg", quality=90, **({"exif": exif} if sideways else {}))
+    done.write_text("ok\n")
+    return folder
+
+
+def decode_floor(files: list[Path], size: tuple[int, int], threads: int = FLOOR_THREADS) -> float:
+    """Seconds for the bare shrink-on-load loop over ``files`` on ``threads`` threads: open,
+    ``Image.draft`` to the target (the JPEG DCT scaling), decode, resize to ``size`` (H, W)."""
+    from PIL import Image
+
+    height, width = size
+
+    def one(path):
+        with Image.open(path) as image:
+            image.draft("RGB", (width, height))
+            return image.convert("RGB").resize((width, height), Image.Resampling.BOX)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(one, files):
+            pass
+    return time.perf_counter() - started
+
+
+def phone_case(config: Path, photos: Path, rounds: int, extra: list[str]) -> list[list[str]]:
+    """Rows of the phone-sized case: the floor and poolcli, timed alternately."""
+    from poolcli.pipeline import Pipeline
+
+    resize = Pipeline.from_yaml(config).config.input.resize
+    files = sorted(photos.glob("*.jpg"))
+    size = resize.target(PHONE_SIZE[1], PHONE_SIZE[0]) if resize is not None else (PHONE_SIZE[1], PHONE_SIZE[0])
+    work = Path(tempfile.mkdtemp(prefix="poolcli-phone-"))
+    try:
+        run_poolcli(config, photos, work / "out", extra)  # untimed: kernels compiled or loaded, files cached
+        floors, runs = [], []
+        for _ in range(rounds):
+            floors.append(decode_floor(files, size))
+            runs.append(run_poolcli(config, photos, work / "out", extra))
+            print(f"  phone {config.name}: floor {floors[-1]:.2f} s, poolcli {runs[-1]}", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    floor = statistics.median(floors)
+    seconds = statistics.median(r["seconds"] for r in runs)
+    peak = max(r["peak_mib"] for r in runs)
+    name = f"{len(files)} JPEGs {PHONE_SIZE[0]}x{PHONE_SIZE[1]}"
+    return [[f"{name}: decode floor ({FLOOR_THREADS} threads)", f"{len(files) / floor:.1f}", f"{floor:.2f}", "", "1.00x"],
+            [f"{name}: poolcli {config.name}", f"{runs[0]['images'] / seconds:.1f}", f"{seconds:.2f}", f"{peak:.0f}",
+             f"{floor / seconds:.2f}x"]]
+
+
 # --- the config as torch operations ----------------------------------------------------------------
 
 
@@ -90,6 +189,7 @@ def torch_plan(config: Path, folder: Path) -> Path:
     resize = spec.resize
     plan = {
         "input": {"color": spec.color, "interpolation": spec.interpolation, "mean": spec.mean, "std": spec.std,
+                  "decode": spec.decode,
                   "resize": None if resize is None else {k: v for k, v in resize.model_dump().items() if v is not None}},
         "nodes": [], "output": pipe.final.name, "normalize": pipe.normalize, "arrays": [],
     }
@@ -148,14 +248,19 @@ def poolcli_command() -> list[str]:
 
 
 def run_poolcli(config: Path, photos: Path, out: Path, extra: list[str]) -> dict:
+    """One ``poolcli run``: its own seconds, the process's wall time and peak resident MiB."""
     started = time.perf_counter()
-    done = subprocess.run([*poolcli_command(), "run", str(config), str(photos), "-o", str(out), "--overwrite",
-                           "--no-progress", "--json", *extra], capture_output=True, text=True)
+    process = subprocess.Popen([*poolcli_command(), "run", str(config), str(photos), "-o", str(out), "--overwrite",
+                                "--no-progress", "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"poolcli run failed ({done.returncode}): {done.stderr.strip()}")
-    summary = json.loads(done.stdout)
-    return {"seconds": summary["seconds"], "wall": wall, "images": summary["written"]}
+    if process.returncode != 0:
+        raise SystemExit(f"poolcli run failed ({process.returncode}): {stderr.decode().strip()}")
+    summary = json.loads(stdout)
+    return {"seconds": summary["seconds"], "wall": round(wall, 3), "images": summary["written"],
+            "peak_mib": round(usage.ru_maxrss / 1024)}  # ru_maxrss is in KiB on Linux
 
 
 def run_torch(plan: Path, photos: Path, out: Path, workers: int) -> dict:
@@ -184,12 +289,29 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-workers", type=int, default=0,
                         help="also time the torch script with this many decoding threads")
     parser.add_argument("--poolcli-args", default="", help="extra arguments for poolcli run, e.g. '--workers 2'")
+    parser.add_argument("--phone", action="store_true", help="only the phone-sized case")
+    parser.add_argument("--no-phone", action="store_true", help="no phone-sized case")
+    parser.add_argument("--phone-photos", type=int, default=PHONE_PHOTOS, help="how many phone-sized JPEGs")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    configs = args.config or [default_config()]
+    if not args.phone:
+        main_table(args, configs)
+    if not args.no_phone:
+        phone = make_phone_photos(Path(tempfile.gettempdir()) / "poolcli-bench" / f"phone-{args.phone_photos}",
+                                  args.phone_photos)
+        print(f"# {machine()}; {versions()}; phone-sized JPEGs in {phone}", file=sys.stderr)
+        rows = [row for config in configs for row in phone_case(config, phone, args.rounds, args.poolcli_args.split())]
+        print(table(["phone-sized photos", "images/s", "seconds", "peak RSS MiB", "vs floor"], rows, args.markdown))
+    return 0
+
+
+def main_table(args, configs: list[Path]) -> None:
+    """The one-megapixel photos, poolcli against the torch script."""
     photos = make_photos(args.photos)
     print(f"# {machine()}; {versions()}; {PHOTOS} JPEGs {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} in {photos}", file=sys.stderr)
     rows = []
-    for config in args.config or [default_config()]:
+    for config in configs:
         work = Path(tempfile.mkdtemp(prefix="poolcli-e2e-"))
         try:
             plan = torch_plan(config, work)
@@ -221,7 +343,6 @@ def main(argv=None) -> int:
         rows.append([f"{config.name}: largest difference from torch", f"{difference:.1e}", "", "", ""])
         shutil.rmtree(work, ignore_errors=True)
     print(table(["run", "images/s", "seconds", "process wall s", "vs torch"], rows, args.markdown))
-    return 0
 
 
 if __name__ == "__main__":

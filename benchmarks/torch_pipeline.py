@@ -5,7 +5,8 @@
 It does not import poolcli. ``PLAN.json`` (written by ``end_to_end.py`` from a poolcli config)
 lists the input rules and the stages as torch operations, with their weights in ``.npy`` files
 beside it. For each image of FOLDER, in sorted order, it does what a poolcli run does: Pillow
-decode, EXIF orientation, 8-bit / 255 as float32, the same resize (Pillow's filter on each
+decode (at reduced size, ``Image.draft``, where the config shrinks JPEGs on load), EXIF
+orientation, 8-bit / 255 as float32, the same resize (Pillow's filter on each
 float channel, clipped to [0, 1]), the stages with torch.nn.functional, the L2 normalisation;
 then it saves the descriptors as one float32 ``[N, D]`` array. ``--workers N`` decodes N images
 ahead on threads (0, the default, is the usual sequential loop). The last line on stdout is
@@ -44,13 +45,19 @@ def target_size(height: int, width: int, resize: dict) -> tuple[int, int]:
 
 def load(path: Path, spec: dict) -> torch.Tensor:
     with Image.open(path) as image:
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+        upright = image.size[::-1] if turned else image.size
+        target = target_size(upright[1], upright[0], spec["resize"]) if spec.get("resize") else None
+        if spec.get("decode") == "reduced" and target and image.format == "JPEG":
+            # decoded at the largest DCT scale that leaves the target size, as poolcli's shrink on load
+            image.draft("RGB", target[::-1] if not turned else target)
         image = ImageOps.exif_transpose(image).convert("RGB")
         pixels = np.asarray(image, np.float32) / np.float32(255)  # (H, W, 3)
     planes = np.moveaxis(pixels, 2, 0)
     if spec["color"] == "gray":
         planes = (np.float32(0.299) * planes[0] + np.float32(0.587) * planes[1] + np.float32(0.114) * planes[2])[None]
-    if spec.get("resize"):
-        height, width = target_size(*planes.shape[1:], spec["resize"])
+    if target:
+        height, width = target
         if (height, width) != planes.shape[1:]:
             resample = RESAMPLE[spec["interpolation"]]
             planes = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize((width, height), resample))

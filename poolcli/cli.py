@@ -22,6 +22,9 @@ from poolcli import __version__
 from poolcli.errors import PoolcliError
 
 EXIT_FAILURES = 3
+SIZE_HELP = ("An image's height and width, before the config's input.resize, which is applied as a run applies "
+             "it [default: the size the resize gives, else 512x512].")
+CONFIG_HELP = "Pipeline config: a YAML file, or the name of a config shipped with poolcli (`poolcli configs` lists them)."
 
 app = typer.Typer(
     name="poolcli",
@@ -79,7 +82,7 @@ def cli_errors(command):
         except MemoryError:
             error_line("out of memory; try a smaller input.resize, --max-pixels or --shard-size")
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):  # a usage error: Typer prints it, exit 2
             raise
         except BrokenPipeError:  # `poolcli schema | head`: the reader left, nothing to report
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -106,8 +109,9 @@ def _root(
 
 def _load(config: Path):
     from poolcli.pipeline import Pipeline
+    from poolcli.shipped import find_config
 
-    return Pipeline.from_yaml(config)
+    return Pipeline.from_yaml(find_config(config))
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -121,16 +125,16 @@ class _Engine(str, Enum):
 @app.command()
 @cli_errors
 def run(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
-    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per output shard."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
-    engine: _Engine = typer.Option(_Engine.local, "--engine", help="local: this process; ray: one task per shard on a Ray cluster."),
+    shard_size: int = typer.Option(10_000, "--shard-size", metavar="N", help="Images per output shard."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
+    engine: _Engine = typer.Option(_Engine.local, "--engine", metavar="local|ray", help="local: this process; ray: one task per shard on a Ray cluster."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --engine ray: the cluster's address (host:port) [default: start a local Ray instance]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Larger images are recorded as failures."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", metavar="N", help="Larger images are recorded as failures."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
@@ -147,7 +151,7 @@ def run(
             pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
         )
-    _report_run(err, summary, compiled.count if compiled else 0)
+    _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -166,14 +170,14 @@ class _progress:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
+        self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), _rate_column(self.unit),
+                            TimeRemainingColumn(), TextColumn("left"), console=self.console, transient=True)
         self.bar.start()
         return self
 
     def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task(self.unit, total=total)
+        if self.task is None:  # what was done before (a resumed run's) does not count in the rate
+            self.task = self.bar.add_task(self.unit, total=total, completed=done)
         self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc):
@@ -181,17 +185,32 @@ class _progress:
             self.bar.stop()
 
 
-def _compile_watch(console):
-    """Says so on stderr when kernels start compiling (a machine's first run of a config, which is
-    otherwise silent for tens of seconds), and counts them."""
+def _rate_column(unit: str):
+    """A progress column: how many ``unit`` a second, over the last half minute."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s")
+
+    return Rate()
+
+
+def _compile_watch(console, what: str = "run of this config"):
+    """Says so on stderr when kernels start compiling (a machine's first ``what``, which is
+    otherwise silent for tens of seconds), and counts them. The cache is per poolcli version
+    and machine (:mod:`poolcli.kernels`), which is what the line says."""
     from poolcli.warmup import CompileWatch
 
     return CompileWatch(lambda: console.print(
-        "compiling kernels: the first run of this config on this machine takes tens of seconds "
-        "(they are cached for later runs; `poolcli warmup CONFIG` compiles ahead)", markup=False, emoji=False))
+        f"compiling kernels: the first {what} on this machine takes tens of seconds (they are cached for "
+        f"later runs of poolcli {__version__} on this machine; `poolcli warmup CONFIG` compiles ahead)",
+        markup=False, emoji=False))
 
 
-def _report_run(console, summary, compiled: int = 0) -> None:
+def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.0) -> None:
     plural = "" if summary.written == 1 else "s"
     if summary.kind == "descriptors":
         what = f"{summary.written} descriptor{plural}" + (f" of length {summary.dim}" if summary.dim else "")
@@ -203,8 +222,10 @@ def _report_run(console, summary, compiled: int = 0) -> None:
     if summary.processed == 0:
         line = f"nothing to do: {summary.out} already holds {what}"
     else:
-        rate = summary.processed / summary.seconds if summary.seconds else 0.0
-        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s)"
+        working = summary.seconds - compile_seconds  # a first run's compiling is not its speed
+        rate = summary.processed / working if working > 0 else 0.0
+        line = f"wrote {what} to {summary.out} in {summary.seconds:.1f} s ({rate:.1f} images/s" + (
+            f", {compile_seconds:.1f} s of compiling not counted)" if compile_seconds >= 0.05 else ")")
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
         extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
@@ -227,9 +248,9 @@ def _report_run(console, summary, compiled: int = 0) -> None:
 @app.command()
 @cli_errors
 def inspect(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Take the input size from this image (after resize)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Take the input size from this image, resized by the config as a run resizes it."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Show each stage's output shape, parameters, multiply-adds and receptive field. Runs no kernel."""
@@ -237,20 +258,35 @@ def inspect(
     shape, note = _input_shape(pipeline, size, image)
     records = pipeline.trace(shape)
     final = records[-1].out_shape
+    varies = _length_varies(pipeline)
     if as_json:
         print(json.dumps({
-            "input": list(shape),
+            "input": list(shape), "image_size": list(size) if size is not None else None,
             "stages": [
                 {"name": r.name, "type": r.type, "in_shape": _listify(r.in_shape), "out_shape": list(r.out_shape),
                  "params": r.params, "macs": r.macs, "receptive_field": str(r.receptive_field), "out_bytes": r.out_bytes}
                 for r in records
             ],
             "kind": pipeline.kind, "output_shape": list(final), "normalize": pipeline.normalize,
+            "length_depends_on_size": varies,
         }, indent=2))
         return
     if note:
         _stderr().print(note)
-    _print_trace(pipeline, shape, records)
+    _print_trace(pipeline, shape, records, varies)
+
+
+def _length_varies(pipeline) -> bool:
+    """Whether a descriptors config's length follows the image's size (a flatten without a fixed
+    resize): then no one length can be promised."""
+    from poolcli.errors import ConfigError
+
+    if pipeline.kind != "descriptors":
+        return False
+    try:
+        return len(pipeline.check_shapes()) > 1
+    except ConfigError:  # no typical size fits; the size asked for did: nothing to compare
+        return False
 
 
 def _listify(shape):
@@ -261,13 +297,23 @@ def _input_shape(pipeline, size, image) -> tuple[tuple[int, int, int], str | Non
     channels = pipeline.input_channels
     if size is not None and image is not None:
         raise PoolcliError("give --size or --image, not both")
-    if size is not None:
-        return (channels, *size), None
+    resize = pipeline.config.input.resize
+    if size is not None:  # an image's size: the config resizes it as a run does
+        if min(size) < 1:
+            raise PoolcliError(f"--size: height and width must be >= 1, got {size[0]} {size[1]}")
+        if resize is None:
+            return (channels, *size), None
+        target = resize.target(*size)
+        note = f"a {_shape(size)} image is resized to {_shape(target)} by input.resize" if tuple(target) != tuple(size) else None
+        return (channels, *target), note
     if image is not None:
+        from poolcli.errors import ImageError
         from poolcli.io.images import probe_shape
 
-        return probe_shape(image, pipeline.config.input), None
-    resize = pipeline.config.input.resize
+        try:
+            return probe_shape(image, pipeline.config.input), None
+        except ImageError as exc:
+            raise ImageError(f"--image {image}: {exc}") from None
     if resize is not None and resize.size is not None:
         return (channels, *resize.size), None
     side = (resize.longest or resize.shortest) if resize is not None else 512
@@ -292,7 +338,7 @@ def _shape(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def _print_trace(pipeline, shape, records) -> None:
+def _print_trace(pipeline, shape, records, varies: bool = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(shape)} input", title_justify="left")
@@ -307,7 +353,9 @@ def _print_trace(pipeline, shape, records) -> None:
     final = records[-1].out_shape
     if pipeline.kind == "descriptors":
         norm = ", L2-normalised" if pipeline.normalize == "l2" else ""
-        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})")
+        out.print(f"output: descriptor of length {final[0]} ({pipeline.config.output.dtype}{norm})" + (
+            f" for a {_shape(shape[1:])} input: the length depends on the image's size; set input.resize: "
+            "{size: [H, W]} for one length" if varies else ""))
     else:
         out.print(f"output: feature map {_shape(final)} ({pipeline.config.output.dtype})")
 
@@ -318,15 +366,18 @@ def _print_trace(pipeline, shape, records) -> None:
 @app.command()
 @cli_errors
 def show(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="The image to follow through the pipeline."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder for the PNGs."),
-    max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels drawn per stage."),
+    max_channels: int = typer.Option(64, "--max-channels", min=1, metavar="N", help="Channels drawn per stage."),
 ) -> None:
     """Draw each stage's output for one image: one PNG per stage and an overview."""
     from poolcli.show import show as draw
 
-    for path in draw(_load(config), image, out, max_channels):
+    pipeline = _load(config)
+    with _compile_watch(_stderr(), "use of this config"):
+        paths = draw(pipeline, image, out, max_channels)
+    for path in paths:
         print(path)
 
 
@@ -336,8 +387,8 @@ def show(
 @app.command()
 @cli_errors
 def warmup(
-    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help="Pipeline config (YAML) [default: every stage type]."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
+    config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help=CONFIG_HELP[:-1] + " [default: every stage type]."),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress line."),
 ) -> None:
     """Compile the kernels a config needs (or every stage's) ahead of the first run."""
@@ -370,10 +421,10 @@ def warmup(
 @app.command()
 @cli_errors
 def bench(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML)."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="Input height and width.", metavar="H W"),
-    image: Optional[Path] = typer.Option(None, "--image", help="Time on this image, its decoding included."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Kernel threads [default: all cores]."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help=SIZE_HELP, metavar="H W"),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PATH", help="Time on this image, its decoding included."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads [default: all cores]."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON."),
 ) -> None:
     """Time each stage of a config on one input: where the time goes."""
@@ -381,15 +432,22 @@ def bench(
 
     pipeline = _load(config)
     shape, note = _input_shape(pipeline, size, None) if image is None else (None, None)
-    result = time_stages(pipeline, shape, image, threads=threads)
+    from poolcli.errors import ImageError
+
+    try:
+        with _compile_watch(_stderr(), "use of this config"):  # compiled before timing: the times are the kernels'
+            result = time_stages(pipeline, shape, image, threads=threads)
+    except ImageError as exc:
+        raise ImageError(f"--image {image}: {exc}") from None
     rows = ([result.load] if result.load else []) + result.stages
     total = sum(r.seconds for r in rows)
     if as_json:
         print(json.dumps({
             "input": list(result.input_shape), "threads": result.threads,
             "stages": [{"name": r.name, "type": r.type, "out_shape": list(r.out_shape), "seconds": r.seconds,
-                        "share": r.seconds / total} for r in rows],
+                        "low_seconds": r.low, "high_seconds": r.high, "share": r.seconds / total} for r in rows],
             "pipeline_seconds": result.pipeline.seconds,
+            "pipeline_low_seconds": result.pipeline.low, "pipeline_high_seconds": result.pipeline.high,
         }, indent=2))
         return
     if note:
@@ -398,16 +456,31 @@ def bench(
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(result.input_shape)} input, "
                   f"{result.threads} kernel thread{'s' if result.threads > 1 else ''}", title_justify="left")
-    for column in ("stage", "type", "output", "time", "share"):
-        table.add_column(column, justify="right" if column in ("time", "share") else "left")
+    for column in ("stage", "type", "output", "time", "range", "share"):
+        table.add_column(column, justify="right" if column in ("time", "range", "share") else "left")
     for r in rows:
-        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), f"{100 * r.seconds / total:.1f}%")
+        table.add_row(r.name, r.type, _shape(r.out_shape), _duration(r.seconds), _spread(r),
+                      f"{100 * r.seconds / total:.1f}%")
     table.add_section()
-    table.add_row("total", "", "", _duration(total), "100.0%")
+    table.add_row("total", "", "", _duration(total), "", "100.0%")
     out = _stdout()
     out.print(table)
-    out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus "
-              f"{_duration(max(0.0, result.pipeline.seconds - result.stage_total))} of the pipeline's own work)")
+    own = result.pipeline.seconds - result.stage_total
+    if own >= 0:
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)} (the stages plus {_duration(own)} of the "
+                  "pipeline's own work)")
+    else:  # each stage timed alone has its input in cache; in a call it follows the stage that made it
+        out.print(f"one pipeline call: {_duration(result.pipeline.seconds)}, {_duration(-own)} less than its stages "
+                  "timed one by one (each timed alone, and the times vary from call to call)")
+    noisy = [r.name for r in rows if not r.steady] + ([] if result.pipeline.steady else ["the pipeline call"])
+    if noisy:
+        _stderr().print(f"warning: the times of {', '.join(noisy)} vary more than 2x from call to call (see range): "
+                        "the machine is busy; run bench again before trusting these numbers", markup=False)
+
+
+def _spread(timed) -> str:
+    """The 10th to 90th percentile of a bench row's calls."""
+    return f"{timed.low * 1e3:.2f}-{_duration(timed.high)}" if timed.high < 1 else f"{timed.low:.2f}-{_duration(timed.high)}"
 
 
 def _duration(seconds: float) -> str:
@@ -433,11 +506,50 @@ def stages(stage_type: Optional[str] = typer.Argument(None, metavar="TYPE", help
 
 @app.command()
 @cli_errors
-def validate(config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML).")) -> None:
+def validate(config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP)) -> None:
     """Check a config: exit 0 if valid, else one line saying what is wrong."""
     pipeline = _load(config)
-    kinds = {"descriptors": "descriptors", "maps": "feature maps"}
-    print(f"{config}: valid ({len(pipeline.nodes)} stages, writes {kinds[pipeline.kind]})")
+    shapes = pipeline.check_shapes()
+    count = len(pipeline.nodes)
+    print(f"{config}: valid ({count} stage{'' if count == 1 else 's'}, writes {_writes(pipeline, shapes)})")
+
+
+def _writes(pipeline, shapes) -> str:
+    """What a run of ``pipeline`` writes, given :meth:`Pipeline.check_shapes`'s output shapes."""
+    if pipeline.kind == "maps":
+        return "feature maps" + (f" of shape {_shape(next(iter(shapes)))}" if len(shapes) == 1 else "")
+    if len(shapes) == 1:
+        return f"descriptors of length {next(iter(shapes))[0]}"
+    return ("descriptors whose length depends on the image's size (the first image fixes a run's, and images of "
+            "other sizes fail); set input.resize: {size: [H, W]} for one length")
+
+
+@app.command()
+@cli_errors
+def configs(
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A shipped config to print, or to copy with -o."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="DIR", help="Copy NAME, with the files it references, into DIR, to edit it."),
+) -> None:
+    """List the configs shipped with poolcli, which every command takes by name; print or copy one."""
+    from poolcli import shipped
+
+    if name is None:
+        if out is not None:
+            raise PoolcliError("-o needs the NAME of the config to copy")
+        table = [(n, shipped.description(shipped.FOLDER / f"{n}.yaml")) for n in shipped.names()]
+        width = max(len(n) for n, _ in table)
+        for n, text in table:
+            print(f"{n:<{width}}  {text}")
+        return
+    path = shipped.find_config(name)
+    if len(Path(name).parts) != 1 or path.parent != shipped.FOLDER:
+        raise PoolcliError(f"'{name}' is not the name of a shipped config (`poolcli configs` lists them)")
+    if out is None:
+        print(path.read_text(encoding="utf-8"), end="")
+        return
+    copied = shipped.copy_config(name, out)
+    _stderr().print(f"copied {path.stem} and the files it references into {out}: edit and run {copied}", markup=False)
+    print(copied)
 
 
 @app.command()
@@ -470,7 +582,7 @@ def import_(
 def fit_whiten(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder to learn from, or its fsspec URL."),
     path: str = typer.Option(..., "-o", "--out", metavar="FILE", help="The .npz to write (mean m, projection P), or its URL."),
-    dims: Optional[int] = typer.Option(None, "--dims", min=1, help="Components kept [default: every direction that varies]."),
+    dims: Optional[int] = typer.Option(None, "--dims", min=1, metavar="N", help="Components kept [default: every direction that varies]."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Learn PCA whitening from a run's descriptors, for the whiten stage."""
@@ -492,15 +604,17 @@ def fit_whiten(
 def search(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
     queries: Optional[List[str]] = typer.Argument(None, metavar="QUERY", help="Query images (embedded with OUT's pipeline.yaml)."),
-    keys: List[int] = typer.Option([], "--key", metavar="N", help="Use row N of OUT (its input key) as a query; repeatable."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    keys: List[str] = typer.Option([], "--key", metavar="N|PATH", help="Use input N of OUT (its key), or the input at PATH, as a query; repeatable."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours per query."),
     exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    skip_self: bool = typer.Option(False, "--skip-self", help="Leave out the query itself (a --key's own row, a query image's own file in OUT) and give k others [default: mark it]."),
     as_json: bool = typer.Option(False, "--json", help="Print a list with one object per query."),
 ) -> None:
-    """Find the descriptors in OUT nearest (cosine) to query images or rows."""
+    """Find the descriptors in OUT nearest (cosine) to query images or inputs of OUT."""
     from poolcli.retrieval.search import search as run_search
 
-    results, note = run_search(out, queries or [], keys, k, use_index=not exact)
+    with _compile_watch(_stderr(), "search with images of this run's config") if queries else contextlib.nullcontext():
+        results, note = run_search(out, queries or [], keys, k, use_index=not exact, skip_self=skip_self)
     if note:
         _stderr().print(note, markup=False)
     if as_json:
@@ -512,14 +626,14 @@ def search(
         width = max(len(str(h.key)) for h in result.hits) if result.hits else 3
         print(f"  rank  score   {'key':>{width}}  path")
         for rank, hit in enumerate(result.hits, 1):
-            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}")
+            print(f"  {rank:>4}  {hit.score:.4f}  {hit.key:>{width}}  {hit.path}" + ("  (the query itself)" if hit.is_query else ""))
 
 
 @app.command()
 @cli_errors
 def index(
     out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL (s3://bucket/out)."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact inner product) or hnsw (approximate)."),
+    kind: str = typer.Option("flat", "--kind", metavar="flat|hnsw", help="flat (exact inner product) or hnsw (approximate)."),
 ) -> None:
     """Write a faiss index of OUT's descriptors to OUT/index/ (needs poolcli[faiss])."""
     from poolcli.retrieval.index import build_index
@@ -529,44 +643,143 @@ def index(
     print(summary.path)
 
 
-@app.command("eval")
+@app.command()
 @cli_errors
-def eval_(
-    config: Path = typer.Argument(..., metavar="CONFIG", help="Pipeline config (YAML) that writes descriptors."),
-    images: List[str] = typer.Argument(..., metavar="IMAGES", help="Photographs: files, folders and globs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+def duplicates(
+    out: str = typer.Argument(..., metavar="OUT", help="A descriptors run folder, or its fsspec URL."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", metavar="T", help="Cosine similarity at which two inputs are duplicates [default: chosen from the scores' distribution]."),
+    k: int = typer.Option(10, "-k", min=1, metavar="K", help="Neighbours looked at per input."),
+    exact: bool = typer.Option(False, "--exact", help="Exact search even where OUT has a faiss index."),
+    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
 ) -> None:
-    """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants."""
-    from poolcli.retrieval.evaluate import evaluate
+    """Groups of near-duplicate inputs over a whole run, with the score of each pair."""
+    from poolcli.retrieval.duplicates import find_duplicates
 
+    report = find_duplicates(out, threshold, k, use_index=not exact)
     err = _stderr()
-    with _progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress:
-        report = evaluate(config, images, progress=progress)
+    if report.note:
+        err.print(report.note, markup=False)
+    how = f"chosen from the scores: {report.chosen}; set it with --threshold" if report.chosen else "given"
+    in_groups = sum(len(g.members) for g in report.groups)
+    err.print(f"threshold {report.threshold:.4f} ({how}): {len(report.groups)} group{'s' if len(report.groups) != 1 else ''} "
+              f"of duplicates, {in_groups} of {report.rows} inputs", markup=False)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    _print_eval(report)
+    for number, group in enumerate(report.groups, 1):
+        print(("\n" if number > 1 else "") + f"group {number}: {len(group.members)} inputs")
+        for key, path in group.members:
+            print(f"  {key:>6}  {path}")
+        for pair in group.pairs:
+            print(f"  score {pair.score:.4f}  {pair.a} ~ {pair.b}")
 
 
-def _print_eval(report) -> None:
+@app.command("eval")
+@cli_errors
+def eval_(
+    arguments: List[str] = typer.Argument(
+        ..., metavar="CONFIG... IMAGES...",
+        help="One or more pipeline configs (YAML files or names of shipped configs: the first argument and every "
+        "one after it that ends in .yaml or .yml or names a shipped config), then the photographs: files, folders "
+        "and globs.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (a list of reports for several configs)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Copy-detection benchmark: find each image from transformed copies, among the images and their quadrants.
+
+    Several configs are scored on the same images and copies and shown side by side, e.g. pooling
+    heads (MAC, GeM, R-MAC) on one trunk."""
+    from poolcli.retrieval.evaluate import evaluate_many
+    from poolcli.shipped import find_config
+
+    configs, images = _configs_then_images(arguments)
+    configs = [find_config(config) for config in configs]
+    err = _stderr()
+    with (_progress(err, enabled=not no_progress and sys.stderr.isatty()) as progress,
+          _compile_watch(err, "evaluation of " + ("this config" if len(configs) == 1 else "these configs"))):
+        reports = evaluate_many(configs, images, progress=progress)
+    if as_json:
+        payload = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+        print(json.dumps(payload, indent=2))
+        return
+    _print_eval(reports)
+
+
+def _configs_then_images(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """The first argument and every one after it that ends in .yaml/.yml or names a shipped config
+    (and is no file or folder here), then the rest."""
+    from poolcli.shipped import names
+
+    shipped = set(names())
+
+    def is_config(argument: str) -> bool:
+        return argument.lower().endswith((".yaml", ".yml")) or (argument in shipped and not Path(argument).exists())
+
+    count = 1
+    while count < len(arguments) and is_config(arguments[count]):
+        count += 1
+    if count == len(arguments):
+        raise typer.BadParameter("give the images to evaluate on after the config(s)", param_hint="IMAGES")
+    return arguments[:count], arguments[count:]
+
+
+def _print_eval(reports) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report.config}: {report.images} images, {report.database} database items "
+    first = reports[0]
+    names = [f"{Path(r.config).parent.name}/{Path(r.config).name}" if Path(r.config).name == "pipeline.yaml"
+             else Path(r.config).name for r in reports]
+    if len(reports) == 1:
+        title = f"{first.config}: "
+        columns = [("R@1", "recall_at_1"), ("R@5", "recall_at_5"), ("mAP", "map")]
+    else:
+        title = ""
+        columns = [("R@1", "recall_at_1"), ("mAP", "map")]
+    table = Table(title=f"{title}{first.images} images, {first.database} database items "
                         "(images and their quadrants)", title_justify="left")
     table.add_column("transform")
-    for column in ("R@1", "R@5", "mAP", "baseline R@1", "baseline R@5", "baseline mAP"):
-        table.add_column(column, justify="right")
-    for row in [*report.transforms, None, report.overall]:
+    for name in names if len(reports) > 1 else [""]:
+        for label, _ in columns:
+            table.add_column(f"{name} {label}".strip(), justify="right")
+    for label, _ in columns:
+        table.add_column(f"baseline {label}", justify="right")
+    rows = [*zip(*(r.transforms for r in reports)), None, tuple(r.overall for r in reports)]
+    for row in rows:
         if row is None:
             table.add_section()
             continue
-        ours, base = row.config, row.baseline
-        table.add_row(row.transform, *(f"{v:.3f}" for v in (ours.recall_at_1, ours.recall_at_5, ours.map,
-                                                              base.recall_at_1, base.recall_at_5, base.map)))
+        cells = [f"{getattr(result.config, attr):.3f}" for result in row for _, attr in columns]
+        cells += [f"{getattr(row[0].baseline, attr):.3f}" for _, attr in columns]
+        table.add_row(row[0].transform, *cells)
     _stdout().print(table)
     print("baseline: a 16x16 grey thumbnail, compared by cosine like the config's descriptors")
 
 
+# `poolcli --help` shows each command's whole first sentence, not the first 45 characters of it.
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join(_command.callback.__doc__.split("\n\n")[0].split())
+
+
+def _argument_type(self, ctx):
+    """An argument's metavar (CONFIG, INPUT...) says what it takes: no Typer type label after it
+    (``INPUT <list[str]>``, ``CONFIG <path>``)."""
+    return None
+
+
+if hasattr(typer.core, "TyperArgument"):
+    typer.core.TyperArgument.display_type_rich = _argument_type
+
+
 def main() -> None:
-    app(prog_name="poolcli")
+    try:
+        app(prog_name="poolcli")
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted: the line is printed and every file poolcli writes is whole or absent.
+            # A worker thread may be compiling a kernel for seconds more (compiling does not
+            # stop for a signal), and Python's exit would wait for it: leave at once instead.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise

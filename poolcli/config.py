@@ -121,6 +121,9 @@ class InputConfig(Model):
     resize: Resize | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box"] = "bilinear"
     alpha: Literal["white", "black"] = "white"
+    # reduced: shrink on load (JPEG DCT scaling, whole-block reduce) where resize shrinks; full:
+    # every pixel decoded, as a plain Pillow pipeline does, for results equal to one
+    decode: Literal["reduced", "full"] = "reduced"
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -309,11 +312,18 @@ def validate_model(model: type[BaseModel], data: Any, where: tuple = (), label: 
         errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
         error = errors[0]
         loc, message = _describe(error, model)
-        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
+        loc = _plain(loc)
         head = format_loc(where) + label
         tail = format_loc(loc)
         place = f"{head}.{tail}" if head and tail else (head or tail or "config")
-        raise ConfigError(f"{place}: {shorten(message)}", loc=where + loc) from None
+        # An unknown key is named by its mapping, and found on the key's own line.
+        line_loc = _plain(tuple(error["loc"])) if error["type"] == "extra_forbidden" else loc
+        raise ConfigError(f"{place}: {shorten(message)}", loc=where + line_loc) from None
+
+
+def _plain(loc: tuple) -> tuple:
+    """``loc`` without pydantic's own steps (validator functions, tuple items)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
 
 
 def shorten(message: str, limit: int = 300) -> str:

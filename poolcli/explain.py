@@ -1,5 +1,5 @@
 """What ``poolcli stages`` prints: the catalogue, and one stage explained with a worked
-example computed live on the SPEC's 4x4 map."""
+example computed live on the 4x4 map of the docs."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def stage_list() -> list[str]:
         aliases = [n for n in cls.type_names if n != name]
         label = name + (f" ({', '.join(aliases)})" if aliases else "")
         lines.append(f"{label:<{width + 8}} {cls.summary}")
+    lines.append(f"{'include':<{width + 8}} {INCLUDE_SUMMARY}")
     lines.append("")
     lines.append("`poolcli stages TYPE` explains one, with a worked example.")
     return lines
@@ -98,7 +99,8 @@ def _parameters(cls) -> list[str]:
         lines.append(f"  {field.alias or name}: {default}  [{annotation}]")
         if field.description:
             lines.extend("      " + line for line in textwrap.wrap(field.description, 88))
-    lines.append("  name, from: accepted by every stage (see SPEC section 3)")
+    lines.append("  name, from: accepted by every stage (name: the stage's own, unique; from: the earlier stage, or "
+                 "input, whose output it takes instead of the previous stage's)")
     return lines
 
 
@@ -125,7 +127,29 @@ def worked_example(stage_type: str) -> tuple[dict, np.ndarray, np.ndarray]:
     return params, x, stage(*inputs)
 
 
+INCLUDE_SUMMARY = "the stages of another config file, in place: a pooling head on an imported trunk"
+INCLUDE_HELP = "include: " + INCLUDE_SUMMARY + """
+
+Puts the stages of the config file `config` here, as if they were written out: their first
+stage takes this stage's input (the previous stage's output, or `from`), and with `name` the
+included config's last stage is known by that name. Only the stages are taken (with the files
+they reference, relative to their own folder): this config's input and output sections apply.
+
+Parameters:
+  config  path of the config file, relative to this config's folder (required)
+  name    a name for the included config's last stage
+  from    an earlier stage (or input) whose output the included stages take
+
+Example: GeM on an imported ResNet-50 trunk, with ImageNet's normalisation:
+  input: {resize: {size: [512, 512]}, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+  stages:
+    - {type: include, config: resnet50/pipeline.yaml, name: trunk}
+    - {type: gem, p: 3}"""
+
+
 def describe_stage(stage_type: str) -> str:
+    if stage_type == "include":
+        return INCLUDE_HELP
     cls = _lookup(stage_type)
     params, x, y = worked_example(stage_type)
     shown = ", ".join(f"{k}: {v}" for k, v in params.items())

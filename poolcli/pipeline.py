@@ -62,7 +62,8 @@ class Pipeline:
         self.config = config
         self.text = text  # the YAML as given, when built from a file
         self.source = source
-        self.nodes = _build_nodes(config)
+        self.included: list[tuple[str, str]] = []  # (path, text) of each config an include stage read
+        self.nodes = _build_nodes(config, (Path(source).resolve(),) if source else (), self.included)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
         self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
@@ -202,10 +203,56 @@ class Pipeline:
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.trace(shape)[-1].out_shape
 
+    def probe_shapes(self) -> list[tuple[int, int, int]]:
+        """Input shapes that stand for every image a run may give: the one shape a fixed resize
+        gives, else square, landscape and portrait ones of the size ``input.resize`` leads to
+        (a typical photo's sizes without a resize)."""
+        channels, resize = self.input_channels, self.config.input.resize
+        if resize is not None and resize.size is not None:
+            return [(channels, *resize.size)]
+        sizes = [(512, 512), (480, 640), (640, 480), (256, 1024), (1024, 256), (1536, 2048), (2048, 1536)]
+        if resize is not None:
+            sizes = list(dict.fromkeys(resize.target(h, w) for h, w in sizes))
+        return [(channels, h, w) for h, w in sizes]
+
+    def check_shapes(self) -> set[tuple[int, ...]]:
+        """Check the rules of shape that hold whatever the image's size (a stage given a vector
+        where it needs a map, channels that do not match, a whitening of another length); return
+        the output shapes of :meth:`probe_shapes`, several where the output follows the image's
+        size (a ``flatten`` without a fixed resize).
+
+        Raises :class:`ConfigError` naming the stage when no input shape fits the config, which
+        then could not run on any image; a problem only some sizes have (a 3x3 window on a 2x2
+        map) is not an error here: ``inspect`` shows it, and a run records such images as
+        failures."""
+        shapes, first_error = set(), None
+        for shape in self.probe_shapes():
+            try:
+                shapes.add(self.output_shape(shape))
+            except ShapeError as exc:
+                first_error = first_error or exc
+        if not shapes:
+            names = [node.name for node in self.nodes]
+            loc = ("stages", names.index(first_error.stage)) if first_error.stage in names else ()
+            message = f"{first_error} (whatever the image's size: no image can run through this config)"
+            if self.text is not None:
+                line = line_of(self.text, loc) if loc else None
+                message = f"{self.source}:{line}: {message}" if line else f"{self.source}: {message}"
+            raise ConfigError(message, loc=loc)
+        return shapes
+
     # --- running ----------------------------------------------------------------------------
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map.
+        """Apply mean/std, every needed stage and the output normalisation to a (C, H, W) map
+        (or (H, W): one channel), or to a batch: an (N, C, H, W) array or a list of arrays,
+        whose outputs are stacked, (N, D) descriptors or (N, C', H', W') maps (maps of a list
+        must then share one shape).
+
+        Values are taken as they are, cast to float32: decode files with :func:`poolcli.load_image`
+        (8-bit images / 255) for what a run computes. uint8 and uint16 arrays, the pixels of an
+        image read some other way, are refused rather than taken as 0-255 or 0-65535; so is an
+        (H, W, C) array, as ``np.asarray(Image.open(path))`` gives.
 
         With ``multiscale`` (as cnnimageretrieval-pytorch's ``extract_ms``): the standardised
         input is resized by each scale (bilinear, = torch ``interpolate``), each scale's
@@ -215,6 +262,9 @@ class Pipeline:
 
         Raises :class:`ShapeError` naming the stage if the map does not fit; the input is not
         modified."""
+        batch = _batch(x)
+        if batch is not None:
+            return _stack([self(item) for item in batch])
         x = _as_map(x)
         costs = self._fits.get(x.shape)
         if costs is None:
@@ -361,12 +411,48 @@ class _StageThreads:
 
 
 def _as_map(x: np.ndarray) -> np.ndarray:
+    """``x`` as a contiguous float32 (C, H, W) map, or a clear error for what it cannot be."""
     x = np.asarray(x)
+    if x.dtype in (np.uint8, np.uint16):
+        bits = 8 * x.dtype.itemsize
+        raise ShapeError(
+            f"the input is {x.dtype} (an image's {bits}-bit pixels?): a pipeline takes values as they are, and "
+            f"decoded images are in [0, 1]; pass x / {2 ** bits - 1} (as poolcli.load_image scales {bits}-bit "
+            "images), or x.astype(np.float32) to keep the values"
+        )
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
         raise ShapeError(f"the input must be (C, H, W) or (H, W), got shape {x.shape}")
+    # An image's size, then 1 to 4 colours: (H, W, C). Maps of 16 or more channels and rows
+    # are at least 16 pixels wide in practice, the width this takes for colours.
+    if x.shape[2] in (1, 3, 4) and min(x.shape[:2]) >= 16:
+        raise ShapeError(
+            f"the input has shape {x.shape}: that is (H, W, C), as np.asarray(Image.open(path)) gives, and a "
+            "pipeline takes (C, H, W); pass x.transpose(2, 0, 1), or read the file with poolcli.load_image"
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _batch(x) -> list | None:
+    """The items of a batch, an (N, C, H, W) array or a list or tuple of arrays; None for one map."""
+    if isinstance(x, (list, tuple)):
+        if x and all(isinstance(item, np.ndarray) for item in x):
+            return list(x)
+        if not x:
+            raise ShapeError("the input is an empty list: give a map, or a list of at least one")
+        return None  # nested lists of numbers: one map
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        return list(x)
+    return None
+
+
+def _stack(outputs: list[np.ndarray]) -> np.ndarray:
+    shapes = sorted({y.shape for y in outputs})
+    if len(shapes) > 1:
+        raise ShapeError(f"the batch's outputs have different shapes ({', '.join(map(str, shapes[:3]))}): "
+                         "call the pipeline on each map, or resize the maps to one size")
+    return np.stack(outputs)
 
 
 def _rescale(scale: float) -> Upsample:
@@ -392,26 +478,84 @@ def _check_output_size(shape: tuple[int, ...]) -> None:
                          f"limit of {MAX_OUTPUT_VALUES} (16 GiB)")
 
 
-def _build_nodes(config: PipelineConfig) -> list[Node]:
+#: The stage type that puts another config's stages in place (handled here, not a registered stage).
+INCLUDE = "include"
+MAX_INCLUDE_DEPTH = 8
+
+
+def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads: list | None = None) -> list[Node]:
+    """The config's stages as graph nodes; ``reads`` collects (path, text) of every included config."""
     nodes: list[Node] = []
     names = {"input"}
     earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
     context = {"base_dir": config.base_dir, "weights": open_weights(config)}
     for index, raw in enumerate(config.stages):
-        stage = build_stage(raw, index, context)
-        name = stage.name or f"{stage.type}{index}"
-        where = f"stages[{index}] ({stage.type} '{name}')"
-        if name in names:
-            raise ConfigError(f"{where}.name: '{name}' is already used by an earlier stage", loc=("stages", index, "name"))
-        inputs = _inputs_of(stage, nodes, names, where, index)
-        try:
-            inputs += stage.link(earlier)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
-        nodes.append(Node(name, stage, inputs))
-        earlier[name] = (stage, inputs)
-        names.add(name)
+        if raw.get("type") == INCLUDE:
+            added = _include(raw, index, config, nodes, names, included, reads)
+        else:
+            stage = build_stage(raw, index, context)
+            name = stage.name or f"{stage.type}{index}"
+            where = f"stages[{index}] ({stage.type} '{name}')"
+            inputs = _inputs_of(stage, nodes, names, where, index)
+            try:
+                inputs += stage.link(earlier)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}", loc=("stages", index)) from None
+            added = [Node(name, stage, inputs)]
+        for node in added:
+            if node.name in names:
+                raise ConfigError(f"stages[{index}] ({node.stage.type} '{node.name}').name: '{node.name}' is already "
+                                  "used by an earlier stage", loc=("stages", index, "name"))
+            nodes.append(node)
+            earlier[node.name] = (node.stage, node.inputs)
+            names.add(node.name)
     return nodes
+
+
+def _include(raw: dict, index: int, config: PipelineConfig, nodes: list[Node], names: set[str],
+             included: tuple[Path, ...], reads: list | None) -> list[Node]:
+    """The stages of the config that ``{type: include, config: PATH}`` names, taking this
+    stage's input where theirs take ``input``; with ``name``, their last stage is known by it.
+    Only the stages (and the files they reference) are taken: the including config's ``input``
+    and ``output`` sections apply."""
+    where = f"stages[{index}] (include)"
+    unknown = sorted(set(raw) - {"type", "config", "name", "from"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; include takes config, name and from",
+                          loc=("stages", index, unknown[0]))
+    target, alias, source = raw.get("config"), raw.get("name"), raw.get("from")
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{where}.config: required: the path of a config file whose stages go here",
+                          loc=("stages", index, "config"))
+    if alias is not None and not isinstance(alias, str):
+        raise ConfigError(f"{where}.name: must be a string, got {alias!r}", loc=("stages", index, "name"))
+    if source is not None and (not isinstance(source, str) or source not in names):
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"{where}.from: no earlier stage is named {source!r} (earlier: {known})",
+                          loc=("stages", index, "from"))
+    path = Path(target).expanduser()
+    path = (path if path.is_absolute() else Path(config.base_dir) / path).resolve()
+    if path in included or len(included) >= MAX_INCLUDE_DEPTH:
+        chain = " -> ".join(p.name for p in (*included, path))
+        raise ConfigError(f"{where}.config: includes nest too deep or in a circle ({chain})", loc=("stages", index, "config"))
+    data, text = read_config_file(path)
+    if reads is not None:
+        reads.append((str(path), text))
+    try:
+        inner = _build_nodes(load_config(data, path.parent), (*included, path), reads)
+    except ConfigError as exc:
+        line = line_of(text, exc.loc) if exc.loc else None
+        place = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {place}: {exc}", loc=("stages", index, "config")) from None
+    start = source or (nodes[-1].name if nodes else "input")
+    inner = [Node(n.name, n.stage, tuple(start if i == "input" else i for i in n.inputs)) for n in inner]
+    if alias is not None:
+        last = inner[-1]
+        if any(last.name in n.inputs for n in inner):
+            raise ConfigError(f"{where}.name: the included config's last stage '{last.name}' is read by others "
+                              "in it and cannot be renamed", loc=("stages", index, "name"))
+        inner[-1] = Node(alias, last.stage, last.inputs)
+    return inner
 
 
 def _inputs_of(stage: Stage, nodes: list[Node], names: set[str], where: str, index: int) -> tuple[str, ...]:
@@ -473,6 +617,15 @@ def json_schema() -> dict:
         sub["additionalProperties"] = False
         schema.setdefault("$defs", {}).update(sub.pop("$defs", {}))
         variants.append(sub)
+    variants.append({
+        "title": INCLUDE, "type": "object", "additionalProperties": False, "required": ["type", "config"],
+        "properties": {
+            "type": {"const": INCLUDE, "description": "the stages of another config file, in place (e.g. an imported trunk)"},
+            "config": {"type": "string", "description": "path of the config, relative to this config's folder"},
+            "name": {"type": "string", "description": "a name for the included config's last stage"},
+            "from": {"type": "string", "description": "earlier stage (or 'input') whose output the included stages take"},
+        },
+    })
     schema["properties"]["stages"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
     schema["title"] = "poolcli pipeline config"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -180,9 +180,11 @@ def _shard_task(pipeline, part, out: str, manifest: dict, shard: int, threads: i
     _configure_pillow(max_pixels)
     _warm_once(pipeline, manifest["config_sha256"])
     first, end = part.first, part.first + len(part)
-    decoded = DecodeAhead(part, list(range(first, end)), pipeline, max_pixels, workers)
+    folder = RunFolder(out)
+    # After a killed run, or a retry of this task, the chunks saved of the shard are kept.
+    decoded = DecodeAhead(part, list(range(folder.resume_key(shard, first), end)), pipeline, max_pixels, workers)
     try:
-        stats, failures = process_shard(pipeline, part, RunFolder(out), manifest, shard, first, end, decoded, node=node)
+        stats, failures = process_shard(pipeline, part, folder, manifest, shard, first, end, decoded, node=node)
     finally:
         decoded.close()
     return stats, failures, manifest.get("dim")

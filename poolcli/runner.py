@@ -9,7 +9,10 @@ layer does not allow kernels on several threads at once (its fallback, workqueue
 OpenMP nor TBB is installed), the workers only decode and the kernels run in this thread with
 Numba's own threads, as ``--workers`` and ``--threads`` say. Shard ``i`` holds
 keys ``[i*S, (i+1)*S)``; a shard is only ever written whole, so a killed run resumes at the
-first incomplete shard and yields exactly the rows of an uninterrupted run.
+first incomplete shard and yields exactly the rows of an uninterrupted run. Within a shard,
+what is computed is saved as a chunk every :data:`CHUNK_IMAGES` images or
+:data:`CHUNK_SECONDS` seconds (:meth:`RunFolder.save_chunk`), and a resumed shard starts after
+its last chunk: a killed run loses at most that much work, whatever the shard size.
 
 :func:`process_shard` is the one implementation of a shard: the local engine calls it for each
 pending shard in turn, ``--engine ray`` (:mod:`poolcli.ray_engine`) calls it in one Ray task
@@ -37,6 +40,11 @@ from poolcli.io.output import RunFolder
 from poolcli.pipeline import Pipeline
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own limit
+# A shard's work is saved after this many images or seconds, whichever comes first: a killed
+# run redoes at most that (and the few images being decoded), at the cost of one small file
+# per chunk, removed when the shard is written.
+CHUNK_IMAGES = 256
+CHUNK_SECONDS = 30.0
 
 
 @dataclass
@@ -103,6 +111,10 @@ def run(
         raise PoolcliError(f"--shard-size must be >= 1, got {shard_size}")
     if max_pixels < 1:
         raise PoolcliError(f"--max-pixels must be >= 1, got {max_pixels}")
+    if engine == "ray":  # before OUT is touched: a missing Ray leaves no folder behind
+        from poolcli.ray_engine import _import_ray
+
+        _import_ray()
     started = time.perf_counter()
     listing = collect_inputs(inputs, exclude=out)
     folder = RunFolder(out)
@@ -123,7 +135,9 @@ def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads
     done_stats = {i: s for i in range(n_shards) if (s := folder.shard_stats(i)) is not None}
     summary.shards_resumed = len(done_stats)
     pending = [i for i in range(n_shards) if i not in done_stats]
-    keys = [k for i in pending for k in range(i * shard_size, min(len(listing), (i + 1) * shard_size))]
+    folder.remove_chunks()  # those of shards that were complete already
+    keys = [k for i in pending
+            for k in range(folder.resume_key(i, i * shard_size), min(len(listing), (i + 1) * shard_size))]
     if engine == "ray":
         from poolcli.ray_engine import run_shards
 
@@ -133,6 +147,7 @@ def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads
         _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, summary, threads=threads,
                    workers=workers, max_pixels=max_pixels, progress=progress)
 
+    folder.remove_chunks()
     summary.processed = len(keys)
     summary.written = sum(s["written"] for s in done_stats.values())
     summary.failed = sum(s["failed"] for s in done_stats.values())
@@ -153,8 +168,13 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
     """The shards one after the other in this process, decoding ahead across shard boundaries."""
     _configure_pillow(max_pixels)
     shard_size = manifest["shard_size"]
-    done = sum(s["end_key"] - s["first_key"] for s in done_stats.values())
+    done = len(listing) - len(keys)  # in complete shards, or in saved chunks
     if progress:
+        progress(done, len(listing))
+
+    def one_done() -> None:
+        nonlocal done
+        done += 1
         progress(done, len(listing))
     if kernels_threadsafe():
         threads = threads or 1
@@ -167,14 +187,14 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
     try:
         for shard in pending:
             end = min(len(listing), (shard + 1) * shard_size)
-            stats, failures = process_shard(pipeline, listing, folder, manifest, shard, shard * shard_size, end, decoded)
+            stats, failures = process_shard(pipeline, listing, folder, manifest, shard, shard * shard_size, end, decoded,
+                                            on_image=one_done if progress else None)
             done_stats[shard] = stats
             summary.failures.extend(failures)
-            done += end - shard * shard_size
-            if progress:
-                progress(done, len(listing))
-    finally:
-        decoded.close()
+    except BaseException:  # Ctrl-C, a full disk: stop now, not once a worker's kernel has compiled
+        decoded.close(wait=False)
+        raise
+    decoded.close()
 
 
 def merge_map_shapes(a, b):
@@ -185,67 +205,106 @@ def merge_map_shapes(a, b):
 
 
 def process_shard(pipeline, listing: InputList, folder: RunFolder, manifest: dict, shard: int, first: int,
-                  end: int, decoded: Iterator[_Decoded], node: str | None = None) -> tuple[dict, list[dict]]:
-    """Run ``pipeline`` over keys ``[first, end)`` (decoded in order by ``decoded``) and write the
-    shard whole, stats last; returns its stats and failure rows.
+                  end: int, decoded: Iterator[_Decoded], node: str | None = None,
+                  on_image: Callable[[], None] | None = None) -> tuple[dict, list[dict]]:
+    """Run ``pipeline`` over keys ``[first, end)`` and write the shard whole, stats last;
+    returns its stats and this call's failure rows.
 
-    What a killed attempt left of the shard is removed first, so a retry writes it afresh. When
-    the descriptor length is not known yet, the first descriptor fixes it in ``manifest``,
-    which is saved at once (before this shard can look complete, so that a resumed run agrees);
-    the shard's map shape goes into its stats instead, since shards may run in parallel.
-    ``node`` (a Ray node id) is recorded in the stats.
+    The chunks a killed attempt saved of the shard are taken back, and ``decoded`` yields the
+    other keys in order, from ``folder.resume_key(shard, first)``; the work is saved again
+    as a chunk every :data:`CHUNK_IMAGES` images or :data:`CHUNK_SECONDS` seconds, and the
+    chunks are removed once the shard is written. What a killed attempt left of the shard's
+    own files is removed first. When the descriptor length is not known yet, the first
+    descriptor fixes it in ``manifest``, which is saved at once (before this shard can look
+    complete, so that a resumed run agrees); the shard's map shape goes into its stats
+    instead, since shards may run in parallel. ``node`` (a Ray node id) is recorded in the
+    stats; ``on_image()`` is called after each image.
     """
     started = time.perf_counter()
     kind, dtype = manifest["kind"], np.dtype(manifest["dtype"])
-    vectors, rows, failures = [], [], []
-    map_shape = None
     folder.clear_shard(shard)
+    saved_vectors, rows, saved_failures, start = folder.load_chunks(shard, first)
+    vectors, failures = [], []  # since the last chunk
+    failures_here = []  # this call's, for the caller to show
+    map_shape = None
+    for row in rows:
+        if "map_file" in row:
+            map_shape = merge_map_shapes(map_shape, row.pop("_map_shape"))
+    chunk_start, chunk_time = start, time.perf_counter()
 
     def fail(key, stage, error):
-        failures.append({"key": key, "path": listing.path(key), "stage": stage, "error": error})
+        failure = {"key": key, "path": listing.path(key), "stage": stage, "error": error}
+        failures.append(failure)
+        failures_here.append(failure)
 
-    for _ in range(first, end):
+    for key in range(start, end):
         item = next(decoded)
-        key = item.key
-        if item.error is not None:
-            fail(key, "load", item.error)
-            continue
-        if item.output is None and item.failure is None:  # decoded only: compute here
-            y, failure = apply_pipeline(pipeline, item.array)
-        else:
-            y, failure = item.output, item.failure
-        if failure is not None:
-            fail(key, *failure)
-            continue
-        row = {
-            "key": key, "path": listing.path(key), "width": item.info.width, "height": item.info.height,
-            "mode": item.info.mode, "exif_orientation": item.info.exif_orientation, "sha256": item.info.sha256,
-            "shard": shard, "row": len(rows),
-        }
-        if kind == "descriptors":
-            if manifest.get("dim") is None:
-                manifest["dim"] = int(y.shape[0])
-                folder.save_manifest(manifest)
-            if y.shape[0] != manifest["dim"]:
-                fail(key, pipeline.final.name, f"descriptor length {y.shape[0]} differs from the run's {manifest['dim']}")
-                continue
-            vectors.append(y.astype(dtype, copy=False))
-        else:
-            map_shape = merge_map_shapes(map_shape, list(y.shape))  # "varies": maps follow each image's size
-            row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
-        rows.append(row)
+        if item.key != key:
+            raise PoolcliError(f"internal error: shard {shard} expected input {key}, was given {item.key}")
+        _process_item(pipeline, listing, folder, manifest, shard, item, len(rows), rows, vectors, fail, dtype, kind)
+        if kind == "maps" and rows and rows[-1]["key"] == key:
+            map_shape = merge_map_shapes(map_shape, rows[-1]["_map_shape"])
+        now = time.perf_counter()
+        if key + 1 < end and (key + 1 - chunk_start >= CHUNK_IMAGES or now - chunk_time >= CHUNK_SECONDS):
+            chunk_rows = [r for r in rows if r["key"] >= chunk_start]
+            stacked = np.stack(vectors) if vectors else None
+            folder.save_chunk(shard, chunk_start, key + 1, stacked, chunk_rows, failures)
+            if stacked is not None:
+                saved_vectors.append(stacked)
+            saved_failures.extend(failures)
+            vectors, failures = [], []
+            chunk_start, chunk_time = key + 1, now
+        if on_image is not None:
+            on_image()
 
-    stacked = np.stack(vectors) if vectors else None
+    for row in rows:
+        row.pop("_map_shape", None)
+    parts = saved_vectors + ([np.stack(vectors)] if vectors else [])
+    stacked = np.concatenate(parts) if parts else None
+    all_failures = saved_failures + failures
     stats = {
-        "shard": shard, "first_key": first, "end_key": end, "written": len(rows), "failed": len(failures),
+        "shard": shard, "first_key": first, "end_key": end, "written": len(rows), "failed": len(all_failures),
         "seconds": round(time.perf_counter() - started, 3), "poolcli_version": __version__,
     }
     if map_shape is not None:
         stats["map_shape"] = map_shape
     if node is not None:
         stats["node"] = node
-    folder.write_shard(shard, kind, stacked, rows, failures, stats)
-    return stats, failures
+    folder.write_shard(shard, kind, stacked, rows, all_failures, stats)
+    folder.remove_chunks(shard)
+    return stats, failures_here
+
+
+def _process_item(pipeline, listing, folder, manifest, shard, item, row_number, rows, vectors, fail, dtype, kind):
+    """One input of a shard: a metadata row (and its descriptor or map file), or a failure."""
+    key = item.key
+    if item.error is not None:
+        fail(key, "load", item.error)
+        return
+    if item.output is None and item.failure is None:  # decoded only: compute here
+        y, failure = apply_pipeline(pipeline, item.array)
+    else:
+        y, failure = item.output, item.failure
+    if failure is not None:
+        fail(key, *failure)
+        return
+    row = {
+        "key": key, "path": listing.path(key), "width": item.info.width, "height": item.info.height,
+        "mode": item.info.mode, "exif_orientation": item.info.exif_orientation, "sha256": item.info.sha256,
+        "shard": shard, "row": row_number,
+    }
+    if kind == "descriptors":
+        if manifest.get("dim") is None:
+            manifest["dim"] = int(y.shape[0])
+            folder.save_manifest(manifest)
+        if y.shape[0] != manifest["dim"]:
+            fail(key, pipeline.final.name, f"descriptor length {y.shape[0]} differs from the run's {manifest['dim']}")
+            return
+        vectors.append(y.astype(dtype, copy=False))
+    else:
+        row["map_file"] = folder.write_map(listing.relative(key), y.astype(dtype, copy=False))
+        row["_map_shape"] = list(y.shape)  # "varies" in the stats when maps follow each image's size
+    rows.append(row)
 
 
 def apply_pipeline(pipeline: Pipeline, array: np.ndarray) -> tuple[np.ndarray | None, tuple[str, str] | None]:
@@ -321,8 +380,9 @@ class DecodeAhead:
         self._submit()
         return item
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers; with ``wait``, once the image each one holds is done."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
@@ -334,7 +394,8 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "map_shape": None,
         "dtype": pipeline.config.output.dtype,
         "normalize": pipeline.normalize,
-        "config_sha256": hashlib.sha256(_config_text(pipeline).encode("utf-8")).hexdigest(),
+        "config_sha256": _config_sha256(pipeline),
+        "decode": pipeline.config.input.decode,  # reduced: shrunk on load; full: every pixel decoded
         "input_list_sha256": listing.sha256(),
         "shard_size": shard_size,
         "inputs": len(listing),
@@ -360,6 +421,14 @@ def _config_text(pipeline: Pipeline) -> str:
     if pipeline.text is not None:
         return pipeline.text
     return json.dumps(pipeline.config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}), indent=2) + "\n"
+
+
+def _config_sha256(pipeline: Pipeline) -> str:
+    """The digest of the config and of each config it includes: a run's identity changes with any of them."""
+    digest = hashlib.sha256(_config_text(pipeline).encode("utf-8"))
+    for path, text in pipeline.included:
+        digest.update(f"\0include {path}\0{text}".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _configure_pillow(max_pixels: int) -> None:

@@ -1,9 +1,10 @@
 """``poolcli show``: pictures of what each stage keeps and throws away.
 
-One PNG per stage (and the input): its channels as a labelled grid, each channel stretched to
-its own 1st..99th percentile so that faint structure is visible; vectors as bar charts. Plus
-``overview.png``: one row per stage with its first channels, to follow an image through the
-whole pipeline. Tiny maps are enlarged with nearest-neighbour (every value stays a visible
+One PNG per stage (and the input, in colour): its channels as a grid, each channel stretched
+to its own 1st..99th percentile so that faint structure is visible, and labelled with what it
+is (the colour it comes from, the filter that made it: ``G gabor 45° wl4``) and the values that
+its black and white stand for; vectors as bar charts. Plus ``overview.png``: one row per stage
+with its first channels, to follow an image through the whole pipeline. Tiny maps are enlarged with nearest-neighbour (every value stays a visible
 square), large ones reduced, so every tile lands between ``MIN_TILE`` and ``MAX_TILE`` pixels.
 """
 
@@ -33,16 +34,30 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def value_range(channel: np.ndarray) -> tuple[float, float] | None:
+    """The values :func:`stretch` maps to black and white: the 1st and 99th percentiles (the
+    extremes of a small map); None when no value is finite.
+
+    >>> value_range(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32))
+    (0.0, 3.0)
+    """
+    finite = channel[np.isfinite(channel)]
+    if finite.size == 0:
+        return None
+    low, high = np.percentile(finite, [1, 99]) if finite.size > 16 else (finite.min(), finite.max())
+    return float(low), float(high)
+
+
 def stretch(channel: np.ndarray) -> np.ndarray:
     """uint8 image of one channel, its 1st..99th percentile mapped to 0..255 (NaN: black).
 
     >>> stretch(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)).tolist()
     [[0, 85], [170, 255]]
     """
-    finite = channel[np.isfinite(channel)]
-    if finite.size == 0:
+    span = value_range(channel)
+    if span is None:
         return np.zeros(channel.shape, np.uint8)
-    low, high = np.percentile(finite, [1, 99]) if finite.size > 16 else (finite.min(), finite.max())
+    low, high = span
     if high <= low:  # a constant channel: mid grey, not noise
         return np.full(channel.shape, 128, np.uint8)
     scaled = (np.nan_to_num(channel, nan=low, posinf=high, neginf=low) - low) / (high - low)
@@ -61,14 +76,23 @@ def _tile_side(height: int, width: int) -> int:
     return int(np.clip(max(height, width), MIN_TILE, MAX_TILE))
 
 
-def channel_grid(array: np.ndarray, title: str, max_channels: int = 64) -> Image.Image:
-    """A (C, H, W) map as a grid of labelled channel tiles under a title."""
+def _scale_text(span: tuple[float, float] | None) -> str:
+    if span is None:
+        return "no finite value"
+    low, high = span
+    return f"{low:.3g}" if high <= low else f"{low:.3g} .. {high:.3g}"
+
+
+def channel_grid(array: np.ndarray, title: str, max_channels: int = 64,
+                 labels: list[str] | None = None) -> Image.Image:
+    """A (C, H, W) map as a grid of channel tiles under a title, each labelled with its name
+    (``labels``, else ``c0``, ``c1``...) and the values its black and white stand for."""
     channels = min(array.shape[0], max_channels)
     side = _tile_side(*array.shape[1:])
     tiles = [_tile(array[c], side) for c in range(channels)]
     columns = min(GRID_COLUMNS, channels)
     rows = -(-channels // columns)
-    cell_w, cell_h = max(t.width for t in tiles) + 8, max(t.height for t in tiles) + 22
+    cell_w, cell_h = max(t.width for t in tiles) + 8, max(t.height for t in tiles) + 36
     title_font, label_font = _font(16), _font(12)
     shown = "" if channels == array.shape[0] else f" (first {channels} of {array.shape[0]} channels)"
     canvas = Image.new("RGB", (max(columns * cell_w + 8, 420), rows * cell_h + 36), BACKGROUND)
@@ -77,20 +101,35 @@ def channel_grid(array: np.ndarray, title: str, max_channels: int = 64) -> Image
     for c, tile in enumerate(tiles):
         x, y = 8 + (c % columns) * cell_w, 36 + (c // columns) * cell_h
         canvas.paste(tile.convert("RGB"), (x, y))
-        draw.text((x, y + tile.height + 3), f"c{c}", fill=MUTED, font=label_font)
+        name = f"c{c}" + (f" {labels[c]}" if labels and c < len(labels) and labels[c] else "")
+        draw.text((x, y + tile.height + 3), name, fill=INK, font=label_font)
+        draw.text((x, y + tile.height + 17), _scale_text(value_range(array[c])), fill=MUTED, font=label_font)
     return canvas
 
 
-def color_picture(array: np.ndarray, title: str) -> Image.Image:
-    """A 3-channel input as one colour picture (each channel stretched alike)."""
-    low, high = np.nanmin(array), np.nanmax(array)
-    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
+def _rgb(array: np.ndarray, longest: int | None = None) -> Image.Image:
+    """A 3-channel map as one colour image (the channels stretched alike, so colours keep their
+    balance), at most 512 pixels long, or ``longest`` pixels long."""
+    finite = array[np.isfinite(array)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    scaled = (np.nan_to_num(array, nan=low) - low) / (high - low) if high > low else np.zeros_like(array)
     rgb = Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
-    scale = min(512 / max(rgb.size), 1) if max(rgb.size) > 512 else max(1, MIN_TILE // max(rgb.size))
-    rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
-    canvas = Image.new("RGB", (max(rgb.width + 16, 420), rgb.height + 44), BACKGROUND)
+    if longest is not None:
+        scale = longest / max(rgb.size)
+    else:
+        scale = min(512 / max(rgb.size), 1) if max(rgb.size) > 512 else max(1, MIN_TILE // max(rgb.size))
+    return rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                      Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
+
+
+def color_picture(array: np.ndarray, title: str, labels: list[str] | None = None) -> Image.Image:
+    """A 3-channel input as one colour picture, then its channels as a labelled grid."""
+    rgb = _rgb(array)
+    grid = channel_grid(array, "its channels", labels=labels)
+    canvas = Image.new("RGB", (max(rgb.width + 16, grid.width, 420), rgb.height + 44 + grid.height), BACKGROUND)
     ImageDraw.Draw(canvas).text((8, 8), title, fill=INK, font=_font(16))
     canvas.paste(rgb, (8, 36))
+    canvas.paste(grid, (0, rgb.height + 44))
     return canvas
 
 
@@ -117,26 +156,30 @@ def bar_chart(vector: np.ndarray, title: str, height: int = 200) -> Image.Image:
     return canvas
 
 
-def _picture(name: str, kind: str, array: np.ndarray, max_channels: int) -> Image.Image:
+def _picture(name: str, kind: str, array: np.ndarray, max_channels: int, labels: list[str] | None = None) -> Image.Image:
     title = f"{name} ({kind}): {'x'.join(map(str, array.shape))}"
     if array.ndim == 1:
         return bar_chart(array, title)
     if kind == "input" and array.shape[0] == 3:
-        return color_picture(array, title)
-    return channel_grid(array, title, max_channels)
+        return color_picture(array, title, labels)
+    return channel_grid(array, title, max_channels, labels)
 
 
 def overview(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
-    """One row per stage: title, then its first channels at a common height (or its bars)."""
+    """One row per stage: title, then its first channels at a common height (or its bars); the
+    input, when it has three channels, in colour."""
     strips = []
-    for title, array in rows:
+    for number, (title, array) in enumerate(rows):
         if array.ndim == 1:
             strips.append(bar_chart(array, title, height=OVERVIEW_HEIGHT - 40))
             continue
         h, w = array.shape[1:]
         longest = min(round(OVERVIEW_HEIGHT * max(h, w) / h), 4 * OVERVIEW_HEIGHT)  # rows share one height
-        tiles = [_tile(array[c], longest) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
-        more = array.shape[0] - len(tiles)
+        if number == 0 and array.shape[0] == 3:
+            tiles = [ImageOps.expand(_rgb(array, longest), border=1, fill=160)]
+        else:
+            tiles = [_tile(array[c], longest) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
+        more = 0 if number == 0 and array.shape[0] == 3 else array.shape[0] - len(tiles)
         strip = Image.new("RGB", (max(sum(t.width + 6 for t in tiles) + 16, 420), max(t.height for t in tiles) + 40), BACKGROUND)
         draw = ImageDraw.Draw(strip)
         draw.text((8, 6), title + (f"  (+{more} more channels)" if more > 0 else ""), fill=INK, font=_font(14))
@@ -154,6 +197,54 @@ def overview(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
     return canvas
 
 
+# --- what each channel is ---------------------------------------------------------------------
+
+
+def bank_labels(stage) -> list[str] | None:
+    """What each filter of a conv stage's 2-D bank is, in the bank's order (None for random
+    and .npy weights, which have no names)."""
+    from poolcli.stages.filters import PHASES
+
+    filters = stage.filters
+    if filters == "gabor":
+        phases = PHASES[stage.phase]
+        return [f"gabor {180 * k / stage.orientations:.4g}°" + (f" wl{w:g}" if len(stage.wavelengths) > 1 else "")
+                + (f" {p}" if len(phases) > 1 else "")
+                for w in stage.wavelengths for k in range(stage.orientations) for p in phases]
+    if filters in ("sobel", "scharr", "prewitt"):
+        return [f"{filters} x", f"{filters} y"]
+    if filters in ("identity", "box", "gaussian", "laplacian", "log"):
+        return [filters]
+    return None
+
+
+def channel_labels(pipeline: Pipeline, shapes: dict[str, tuple[int, ...]]) -> dict[str, list[str]]:
+    """For each map (by stage name, and ``input``), what its channels are: the colour they come
+    from, the filter that made them, carried through the stages that keep channels as they are
+    (pooling, activations) and joined by ``concat``. Channels nothing is known of are missing."""
+    input_channels = shapes["input"][0]
+    labels = {"input": ["R", "G", "B"] if input_channels == 3 and pipeline.config.input.color == "rgb"
+              else ["grey"] if input_channels == 1 else []}
+    for node in pipeline.nodes:
+        shape = shapes[node.name]
+        if len(shape) != 3:
+            continue
+        inputs = [labels.get(name, []) for name in node.inputs]
+        stage, made = node.stage, None
+        if stage.type == "conv":
+            bank = bank_labels(stage)
+            if bank is not None and stage.channels == "each" and inputs[0]:
+                made = [f"{colour} {f}" for colour in inputs[0] for f in bank]
+            elif bank is not None and stage.channels == "mean":
+                made = bank
+        elif stage.type == "concat":
+            made = [label for part in inputs for label in part]
+        elif len(inputs) == 1:
+            made = inputs[0]
+        labels[node.name] = made if made and len(made) == shape[0] else []
+    return labels
+
+
 def _file_name(index: int, name: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
 
@@ -168,10 +259,11 @@ def show(pipeline: Pipeline, image_path: str | Path, out_dir: str | Path, max_ch
     except OSError as exc:
         raise OutputError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
     entries = [("input", "input", values["input"])] + [(n.name, n.stage.type, values[n.name]) for n in pipeline.nodes]
+    labels = channel_labels(pipeline, {name: array.shape for name, _, array in entries})
     written = []
     for index, (name, kind, array) in enumerate(entries):
         path = out_dir / _file_name(index, name)
-        _picture(name, kind, array, max_channels).save(path)
+        _picture(name, kind, array, max_channels, labels.get(name)).save(path)
         written.append(path)
     rows = [(f"{name} ({kind}) {'x'.join(map(str, a.shape))}", a) for name, kind, a in entries]
     overview(rows).save(out_dir / "overview.png")

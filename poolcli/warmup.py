@@ -63,10 +63,11 @@ def compiled_so_far() -> int:
 class CompileWatch:
     """Within the block, ``notify()`` is called once, when Numba starts compiling a kernel (the
     first run of a config on a machine: tens of seconds in which nothing else shows); after it,
-    ``count`` is the number of kernel signatures compiled in the block."""
+    ``count`` is the number of kernel signatures compiled in the block and ``seconds`` the time
+    spent compiling (Numba compiles one function at a time, whichever thread asks)."""
 
     def __init__(self, notify: Callable[[], None]):
-        self.notify, self.count = notify, 0
+        self.notify, self.count, self.seconds = notify, 0, 0.0
 
     def __enter__(self) -> "CompileWatch":
         import poolcli.kernels  # noqa: F401  (before numba: it sets Numba's cache folder)
@@ -75,15 +76,20 @@ class CompileWatch:
         watch = self
 
         class Notice(event.Listener):
-            said = False
+            said, depth, since = False, 0, 0.0
 
             def on_start(self, ev):
                 if not self.said:
                     self.said = True
                     watch.notify()
+                if self.depth == 0:
+                    self.since = time.perf_counter()
+                self.depth += 1
 
             def on_end(self, ev):
-                pass
+                self.depth -= 1
+                if self.depth == 0:
+                    watch.seconds += time.perf_counter() - self.since
 
         self._listener, self._before = Notice(), compiled_so_far()
         event.register("numba:compile", self._listener)
@@ -97,10 +103,10 @@ class CompileWatch:
 
 
 def cache_dir() -> str:
-    """The folder that holds poolcli's compiled kernels."""
-    from poolcli.kernels import conv
+    """The folder that holds poolcli's compiled kernels (one per poolcli version and machine)."""
+    from poolcli.kernels import CACHE_DIR
 
-    return conv.conv_planes.stats.cache_path
+    return CACHE_DIR
 
 
 def warmup(pipeline: Pipeline | None, shape: tuple[int, int, int] | None = None,

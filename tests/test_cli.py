@@ -34,7 +34,7 @@ def test_stages_lists_every_type():
     result = runner.invoke(app, ["stages"])
     assert result.exit_code == 0
     listed = {line.split()[0] for line in result.stdout.splitlines() if line and not line.startswith("`")}
-    assert listed == {cls.type_names[0] for cls in STAGES.values()}
+    assert listed == {cls.type_names[0] for cls in STAGES.values()} | {"include"}
 
 
 def test_stages_type_shows_the_spec_example():
@@ -87,7 +87,9 @@ def test_inspect_and_validate_shipped_configs(config):
     assert result.exit_code == 0, result.output
     assert "output:" in result.stdout and "receptive field" in result.stdout
     data = json.loads(runner.invoke(app, ["inspect", str(config), "--size", "300", "200", "--json"]).stdout)
-    assert data["input"][1:] == [300, 200] and len(data["stages"]) >= 1
+    resize = poolcli.Pipeline.from_yaml(config).config.input.resize
+    assert data["input"][1:] == (list(resize.target(300, 200)) if resize else [300, 200]) and len(data["stages"]) >= 1
+    assert data["image_size"] == [300, 200]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -133,3 +135,139 @@ def test_run_refuses_another_config_in_the_same_folder(tmp_path):
     result = cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out)
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert cli("run", CONFIGS[1], SAMPLES / "camera.png", "-o", out, "--overwrite").returncode == 0
+
+
+# --- validate: rules of shape that hold whatever the image's size ------------------------------------
+
+
+@pytest.mark.parametrize("stages, line, message", [
+    ("  - {type: gem}\n  - {type: gem}\n", 3, "stage 'gem1' (gem): gem needs a (C, H, W) feature map, got a vector"),
+    ("  - {type: spoc}\n  - {type: max_pool, kernel_size: 2}\n", 3, "stage 'max_pool1' (max_pool)"),
+    ("  - {type: max_pool, kernel_size: 2, name: a}\n  - {type: gem, from: input, name: b}\n"
+     "  - {type: concat, from: [a, b]}\n", 4, "stage 'concat2' (concat)"),
+])
+def test_validate_refuses_what_no_image_can_run(tmp_path, stages, line, message):
+    config = tmp_path / "c.yaml"
+    config.write_text("stages:\n" + stages)
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {config}:{line}: {message}")
+    assert "whatever the image's size" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_validate_accepts_what_only_some_sizes_cannot_run(tmp_path):
+    config = tmp_path / "c.yaml"  # a 600x600 window fits a 640x480 image and not a 256x1024 one
+    config.write_text("stages:\n  - {type: max_pool, kernel_size: 600}\n  - {type: gem}\n")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{config}: valid (2 stages, writes descriptors of length 3)"
+
+
+def test_a_length_that_follows_the_image_size_is_said_so(tmp_path):
+    config = tmp_path / "flat.yaml"
+    config.write_text("input: {resize: {longest: 64}}\nstages:\n  - {type: max_pool, kernel_size: 8}\n  - {type: flatten}\n")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0 and "descriptors whose length depends on the image's size" in result.stdout
+    table = runner.invoke(app, ["inspect", str(config)])
+    assert "output: descriptor of length 192 (float32, L2-normalised) for a 64x64 input: the length depends" in table.stdout
+    assert json.loads(runner.invoke(app, ["inspect", str(config), "--json"]).stdout)["length_depends_on_size"] is True
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("input: {resize: {size: [32, 48]}}\nstages:\n  - {type: max_pool, kernel_size: 8}\n"
+                     "  - {type: flatten}\n")
+    result = runner.invoke(app, ["validate", str(fixed)])
+    assert result.stdout.strip() == f"{fixed}: valid (2 stages, writes descriptors of length 72)"
+    assert json.loads(runner.invoke(app, ["inspect", str(fixed), "--json"]).stdout)["length_depends_on_size"] is False
+
+
+def test_validate_says_one_stage(tmp_path):
+    config = tmp_path / "one.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}]\n")
+    assert runner.invoke(app, ["validate", str(config)]).stdout.strip() == f"{config}: valid (1 stage, writes feature maps)"
+
+
+# --- shipped configs, by name, from anywhere ---------------------------------------------------------
+
+
+def test_a_shipped_config_runs_by_name_from_any_folder(tmp_path):
+    """`poolcli run retrieval photos/ -o out` in a folder that holds neither the config nor
+    its .npy weights: the shipped config and its files come from the package."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("camera.png", "coins.png"):
+        (photos / name).write_bytes((SAMPLES / name).read_bytes())
+    done = cli("run", "retrieval", "photos/", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 descriptors of length 140 to out" in done.stderr
+    vectors, _ = poolcli.read_descriptors(tmp_path / "out")
+    reference = poolcli.Pipeline.from_yaml(ROOT / "configs" / "retrieval.yaml")
+    expected = reference(poolcli.load_image(SAMPLES / "camera.png", reference.config.input))
+    np.testing.assert_array_equal(vectors[0], expected)
+
+
+def test_every_command_takes_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["validate", "gabor_gem"]).stdout.strip() == "gabor_gem: valid (3 stages, writes descriptors of length 48)"
+    assert runner.invoke(app, ["validate", "gabor_gem.yaml"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["inspect", "spp_edges", "--json"]).stdout)["output_shape"] == [126]
+    (tmp_path / "gabor_gem.yaml").write_text("stages: [{type: spoc}]\n")  # a file of that name wins
+    assert "length 3" in runner.invoke(app, ["validate", "gabor_gem.yaml"]).stdout
+
+
+def test_an_unknown_name_suggests_the_nearest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect", "retrievl"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert "no config file retrievl, nor a shipped config named 'retrievl' (did you mean 'retrieval'?" in result.stderr
+
+
+def test_configs_lists_prints_and_copies_the_shipped_configs(tmp_path):
+    listed = runner.invoke(app, ["configs"]).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(p.stem for p in CONFIGS)
+    assert "retrieval            General-purpose retrieval descriptor for near-duplicates and copies" in listed
+    assert runner.invoke(app, ["configs", "gabor_gem"]).stdout == (ROOT / "configs" / "gabor_gem.yaml").read_text()
+    copied = runner.invoke(app, ["configs", "retrieval", "-o", str(tmp_path / "mine")])
+    assert copied.exit_code == 0, copied.output
+    assert copied.stdout.strip() == str(tmp_path / "mine" / "retrieval.yaml")
+    assert sorted(p.name for p in (tmp_path / "mine" / "retrieval").iterdir()) == \
+        sorted(p.name for p in (ROOT / "configs" / "retrieval").iterdir())
+    assert runner.invoke(app, ["validate", str(tmp_path / "mine" / "retrieval.yaml")]).exit_code == 0
+    again = runner.invoke(app, ["configs", "retrieval", "-o", str(tmp_path / "mine")])
+    assert again.exit_code == 1 and "exists already" in again.stderr
+
+
+def test_shipped_configs_and_their_files_are_package_data():
+    """pyproject's package-data globs take every shipped file into a wheel."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["poolcli"]
+    package = ROOT / "poolcli"
+    shipped = [p.relative_to(package).as_posix() for p in (package / "configs").rglob("*") if p.is_file()]
+    assert shipped and all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in shipped)
+
+
+def test_the_products_docs_stand_alone():
+    """README, docs/, `poolcli stages TYPE` and every --help never send a user to SPEC, a
+    development file that does not ship."""
+    from poolcli.stages import STAGES
+
+    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    for name in sorted({cls.type_names[0] for cls in STAGES.values()}):
+        texts[f"stages {name}"] = runner.invoke(app, ["stages", name]).stdout
+    for command in [None, *(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)]:
+        args = ([command] if command else []) + ["--help"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage: " in result.stdout, args
+        texts[" ".join(args)] = result.stdout
+    assert [where for where, text in texts.items() if "SPEC" in text] == []
+
+
+def test_help_shows_metavars_and_whole_descriptions():
+    top = runner.invoke(app, ["--help"]).stdout
+    assert "..." not in top.split("Commands:")[1]  # no description cut short
+    assert "Run the pipeline over images and write descriptors or feature maps to OUT." in " ".join(top.split())
+    for command in (c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands):
+        text = runner.invoke(app, [command, "--help"]).stdout
+        assert "<" not in text and "[[" not in text, (command, text)
+    run_help = runner.invoke(app, ["run", "--help"]).stdout
+    assert "--shard-size N" in run_help and "--engine local|ray" in run_help

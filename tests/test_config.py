@@ -23,6 +23,10 @@ def from_yaml(tmp_path, text):
         ("stages: [{type: max_pol, kernel_size: 2}]", r"pipe.yaml:1: stages\[0\].type: unknown stage type 'max_pol' \(did you mean 'max_pool'\?\)"),
         ("stages:\n  - type: gem\n  - {type: max_pool, kernel_sise: 2, name: pool1}",
          r"pipe.yaml:3: stages\[1\] \(max_pool 'pool1'\): unknown key 'kernel_sise' \(did you mean 'kernel_size'\?\)"),
+        ("stages:\n  - type: max_pool\n    name: pool1\n    kernel_size: 2\n    strid: 2",  # the key's own line
+         r"pipe.yaml:5: stages\[0\] \(max_pool 'pool1'\): unknown key 'strid' \(did you mean 'stride'\?\)"),
+        ("input:\n  color: rgb\n  resise: {longest: 3}\nstages: [{type: gem}]",
+         r"pipe.yaml:3: input: unknown key 'resise' \(did you mean 'resize'\?\)"),
         ("stages:\n  - {type: max_pool, name: pool1,\n     kernel_size: 0}",
          r"pipe.yaml:3: stages\[0\] \(max_pool 'pool1'\).kernel_size: must be >= 1, got 0"),
         ("stages: [{type: gem, p: 3]", r"invalid YAML \(line 1, column \d+\)"),
@@ -94,7 +98,7 @@ def test_schema_describes_every_stage():
 
     schema = json_schema()
     variants = schema["properties"]["stages"]["items"]["oneOf"]
-    assert {v["properties"]["type"]["const"] for v in variants} == set(STAGES)
+    assert {v["properties"]["type"]["const"] for v in variants} == set(STAGES) | {"include"}
     json.dumps(schema)  # serialisable
 
 

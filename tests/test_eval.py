@@ -10,13 +10,14 @@ from typer.testing import CliRunner
 
 from poolcli.cli import app
 from poolcli.errors import PoolcliError
-from poolcli.retrieval.evaluate import TRANSFORMS, evaluate, open_rgb, quadrants, ranks, score, thumbnail
+from poolcli.retrieval.evaluate import TRANSFORMS, evaluate, evaluate_many, open_rgb, quadrants, ranks, score, thumbnail
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 PHOTOS = [str(SAMPLES / name) for name in ("chelsea.png", "coins.png", "astronaut.jpg")]
-# A descriptor equal to the baseline's: the grey image box-resized to 16x16, as a vector.
-THUMBNAIL_CONFIG = "input: {color: gray, resize: {size: [16, 16]}, interpolation: box}\nstages:\n  - {type: flatten}\n"
+# A descriptor equal to the baseline's: the grey image box-resized to 16x16, as a vector (decoded in full, as the
+# baseline is: shrinking on load reduces by whole blocks first, which rounds a little differently).
+THUMBNAIL_CONFIG = "input: {color: gray, resize: {size: [16, 16]}, interpolation: box, decode: full}\nstages:\n  - {type: flatten}\n"
 
 
 def test_ranks_count_ties_against_the_true_item():
@@ -101,3 +102,25 @@ def test_eval_errors(tmp_path):
     small.write_text("stages:\n  - {type: max_pool, kernel_size: 3}\n  - {type: gem}\n")
     result = runner.invoke(app, ["eval", str(small), str(tmp_path / "tiny.png")])
     assert result.exit_code == 1 and "max_pool" in result.stderr and "Traceback" not in result.output
+
+
+def test_several_configs_score_as_each_alone_and_print_side_by_side(tmp_path):
+    thumb = tmp_path / "thumb.yaml"
+    thumb.write_text(THUMBNAIL_CONFIG)
+    mean = tmp_path / "mean.yml"
+    mean.write_text("input: {resize: {size: [24, 24]}}\nstages:\n  - {type: adaptive_avg_pool, output_size: 2}\n"
+                    "  - {type: flatten}\n")
+    together = evaluate_many([thumb, mean], PHOTOS[:2])
+    assert [r.config for r in together] == [str(thumb), str(mean)]
+    for config, report in zip([thumb, mean], together):
+        assert report == evaluate(config, PHOTOS[:2])
+    assert together[0].overall.config != together[1].overall.config  # two configs, two scores
+    result = runner.invoke(app, ["eval", str(thumb), str(mean), *PHOTOS[:2]])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "transform" in line)
+    assert "thumb.yaml R@1" in result.stdout and "mean.yml R@1" in result.stdout and "baseline R@1" in result.stdout
+    assert header.index("thumb.yaml") < header.index("mean.yml") < header.index("baseline")
+    data = json.loads(runner.invoke(app, ["eval", str(thumb), str(mean), *PHOTOS[:2], "--json"]).stdout)
+    assert [d["config"] for d in data] == [str(thumb), str(mean)]
+    missing = runner.invoke(app, ["eval", str(thumb), str(mean)])
+    assert missing.exit_code == 2 and "give the images" in missing.output

@@ -327,3 +327,78 @@ def test_sigint_stops_cleanly_and_the_run_resumes(tmp_path):
     result = cli(*command[3:])
     assert result.returncode == 3, result.stderr
     assert_same_rows(out, reference)
+
+
+def test_sigint_while_kernels_compile_stops_at_once(tmp_path):
+    """Ctrl-C while a first run compiles its kernels (tens of seconds of compiling, in worker
+    threads that no signal stops): the run exits with its one line at once instead of when the
+    compiling ends, and the same command then runs to the end."""
+    images = make_images(tmp_path / "images", 3, size=(64, 64))
+    config = config_file(tmp_path, {
+        "stages": [{"type": "conv", "filters": "gabor", "orientations": 4, "channels": "each", "padding": "same"},
+                   {"type": "fractional_max_pool", "kernel_size": 2, "output_ratio": 0.7, "seed": 1},
+                   {"type": "soft_pool", "kernel_size": 2}, {"type": "rmac"}],
+    })
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "poolcli", "run", str(config), str(images), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / "cache")}  # nothing compiled yet
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first_line = process.stderr.readline()
+    assert first_line.startswith("compiling kernels"), first_line
+    time.sleep(0.5)  # well inside the compiling
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    latency = time.monotonic() - sent
+    print(f"SIGINT while compiling to exit: {latency:.3f} s")
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["error: interrupted; run the same command again to resume"]
+    # Compiling these kernels takes over 15 s here: an exit within 5 s did not wait for it.
+    assert latency < 5, f"the run went on for {latency:.1f} s after Ctrl-C"
+    assert not (out / "stats").exists() or not any((out / "stats").iterdir())
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 3, result.stderr
+
+
+def test_a_finished_run_removes_its_lock_and_a_killed_runs_lock_file_is_taken(tmp_path, images):
+    out = tmp_path / "out"
+    run(Pipeline.from_config(DESCRIPTOR), [str(images)], out)
+    assert not (out / ".lock").exists()
+    with pytest.raises(PoolcliError, match="--threads must be between"):  # a run that fails ends so too
+        run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, threads=10_000)
+    assert not (out / ".lock").exists()
+    (out / ".lock").write_text("12345\n")  # what a killed run leaves: the file, no lock
+    assert run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, overwrite=True).written == 7
+    assert not (out / ".lock").exists()
+
+
+def test_a_lock_file_removed_as_it_is_taken_is_not_trusted(tmp_path, monkeypatch):
+    """A run that locks the file the run before it removes at that moment holds a lock on
+    nothing: it sees that and locks the new file, so two runs never both hold OUT."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_try_lock, calls = output._try_lock, []
+
+    def removed_meanwhile(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(out / ".lock")  # the run before ends between our open and our lock
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(output, "_try_lock", removed_meanwhile)
+    with output.RunFolder(out).lock():
+        assert len(calls) == 2 and (out / ".lock").read_text() == f"{os.getpid()}\n"
+        monkeypatch.setattr(output, "_try_lock", real_try_lock)
+        with pytest.raises(OutputError, match="is in use by another poolcli run"):
+            with output.RunFolder(out).lock():
+                pass
+        assert (out / ".lock").exists()  # the refused run leaves the holder's file alone
+    assert not (out / ".lock").exists()
+
+
+def test_engine_ray_without_ray_leaves_no_output_folder(tmp_path, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    out = tmp_path / "out"
+    with pytest.raises(PoolcliError, match="--engine ray needs Ray, which is not installed"):
+        run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, engine="ray")
+    assert not out.exists()

@@ -138,3 +138,65 @@ def test_maps_are_not_normalised_by_default_and_l2_per_position(rng):
 def test_zero_descriptor_stays_zero():
     pipe = Pipeline.from_config({"stages": [{"type": "spoc"}]})
     np.testing.assert_array_equal(pipe(np.zeros((2, 3, 3), np.float32)), [0.0, 0.0])
+
+
+# --- what the Python API takes ------------------------------------------------------------------
+
+
+PHOTO = __import__("pathlib").Path(__file__).parent.parent / "sample_images" / "chelsea.png"
+
+
+def test_an_image_read_with_pillow_gets_a_clear_error():
+    from PIL import Image
+
+    pipe = Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 2}, {"type": "gem"}]})
+    pixels = np.asarray(Image.open(PHOTO).convert("RGB"))  # (300, 451, 3) uint8
+    with pytest.raises(ShapeError, match=r"the input is uint8 .*pass x / 255 \(as poolcli.load_image scales 8-bit"):
+        pipe(pixels)
+    with pytest.raises(ShapeError, match=r"shape \(300, 451, 3\): that is \(H, W, C\).*x.transpose\(2, 0, 1\)"):
+        pipe(pixels / 255)
+    with pytest.raises(ShapeError, match="the input is uint16"):
+        pipe(np.zeros((3, 8, 8), np.uint16))
+
+
+def test_the_documented_rule_gives_what_a_run_computes():
+    from PIL import Image
+
+    import poolcli
+
+    pipe = Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 2}, {"type": "gem"}]})
+    pixels = np.asarray(Image.open(PHOTO).convert("RGB"))
+    np.testing.assert_array_equal(pipe((pixels / 255).transpose(2, 0, 1)), pipe(poolcli.load_image(PHOTO)))
+    small = np.arange(3 * 4 * 4).reshape(3, 4, 4)  # other integers and nested lists: values as they are
+    np.testing.assert_array_equal(pipe(small), pipe(small.astype(np.float32)))
+    np.testing.assert_array_equal(pipe(small.tolist()), pipe(small.astype(np.float32)))
+
+
+def test_maps_of_many_channels_and_narrow_maps_are_not_taken_for_images(rng):
+    pipe = Pipeline.from_config({"stages": [{"type": "gem"}]})
+    for shape in [(64, 4, 4), (5, 7, 3), (16, 8, 3), (3, 300, 451)]:
+        assert pipe(rng.random(shape, dtype=np.float32)).shape == (shape[0],)
+
+
+@pytest.mark.parametrize("config, out_shape", [
+    ({"stages": [{"type": "max_pool", "kernel_size": 2}, {"type": "gem"}]}, (3,)),
+    ({"stages": [{"type": "max_pool", "kernel_size": 2}]}, (3, 4, 5)),
+])
+def test_a_batch_gives_stacked_outputs(rng, config, out_shape):
+    pipe = Pipeline.from_config(config)
+    batch = rng.random((4, 3, 8, 10), dtype=np.float32)
+    expected = np.stack([pipe(x) for x in batch])
+    assert expected.shape == (4, *out_shape)
+    np.testing.assert_array_equal(pipe(batch), expected)
+    np.testing.assert_array_equal(pipe(list(batch)), expected)
+    np.testing.assert_array_equal(pipe(tuple(batch)), expected)
+
+
+def test_a_batch_of_sizes_stacks_descriptors_and_refuses_maps(rng):
+    maps = [rng.random((3, 8, 10), dtype=np.float32), rng.random((3, 12, 6), dtype=np.float32)]
+    descriptors = Pipeline.from_config({"stages": [{"type": "gem"}]})(maps)
+    assert descriptors.shape == (2, 3)
+    with pytest.raises(ShapeError, match="the batch's outputs have different shapes"):
+        Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 2}]})(maps)
+    with pytest.raises(ShapeError, match="an empty list"):
+        Pipeline.from_config({"stages": [{"type": "gem"}]})([])

@@ -37,7 +37,6 @@ def test_descriptor_run_writes_the_spec_layout(tmp_path, images):
     assert (summary.written, summary.failed, summary.skipped, summary.shards) == (7, 1, 1, 3)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == [
-        ".lock",  # the lock a run holds while it writes (see docs/reliability.md)
         "descriptors/part-00000.npy", "descriptors/part-00001.npy", "descriptors/part-00002.npy",
         "failures/part-00000.parquet",
         "manifest.json",

@@ -143,7 +143,7 @@ def test_search_command_table(tmp_path, rng):
     lines = result.stdout.splitlines()
     assert lines[0] == f"query: {inputs / '002.npy'} (key 2)"
     assert lines[1].split() == ["rank", "score", "key", "path"]
-    assert lines[2].split() == ["1", "1.0000", "2", str(inputs / "002.npy")]
+    assert lines[2].split() == ["1", "1.0000", "2", str(inputs / "002.npy"), "(the", "query", "itself)"]
     assert len(lines) == 4
 
 
@@ -247,3 +247,31 @@ def test_read_descriptors_is_every_shard_in_the_search_numbering(tmp_path, rng):
     np.testing.assert_array_equal(blocks, vectors)
     keys, paths = DescriptorSet(out).key_path(np.array([24, 0, 13]))
     assert keys.tolist() == [24, 0, 13] and paths[0] == "/img/0000024.png"
+
+
+def test_the_query_itself_is_marked_or_left_out(tmp_path, rng):
+    inputs, out = npy_run(tmp_path, rng)
+    query = str(inputs / "004.npy")
+    data = json.loads(runner.invoke(app, ["search", str(out), query, "--key", "11", "-k", "3", "--json"]).stdout)
+    assert [[r["is_query"] for r in d["results"]] for d in data] == [[True, False, False], [True, False, False]]
+    skipped = json.loads(runner.invoke(app, ["search", str(out), query, "--key", "11", "-k", "3", "--json",
+                                             "--skip-self"]).stdout)
+    assert [[r["key"] for r in d["results"]] for d in skipped] == [[r["key"] for r in d["results"][1:]] for d in
+                                                                   json.loads(runner.invoke(app, ["search", str(out), query, "--key", "11", "-k", "4", "--json"]).stdout)]
+    assert all(len(d["results"]) == 3 and not any(r["is_query"] for r in d["results"]) for d in skipped)
+    other = tmp_path / "copy.npy"  # the same values in a file that is not in OUT: not the query itself
+    other.write_bytes((inputs / "004.npy").read_bytes())
+    data = json.loads(runner.invoke(app, ["search", str(out), str(other), "-k", "1", "--json"]).stdout)
+    assert data[0]["results"][0]["key"] == 4 and data[0]["results"][0]["is_query"] is False
+
+
+def test_key_takes_a_path(tmp_path, rng, monkeypatch):
+    inputs, out = npy_run(tmp_path, rng)
+    by_number = json.loads(runner.invoke(app, ["search", str(out), "--key", "7", "-k", "2", "--json"]).stdout)
+    monkeypatch.chdir(tmp_path)
+    for path in (str(inputs / "007.npy"), "in/007.npy", "007.npy"):  # as recorded, relative, a unique ending
+        result = runner.invoke(app, ["search", str(out), "--key", path, "-k", "2", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == by_number
+    missing = runner.invoke(app, ["search", str(out), "--key", "nope.png"])
+    assert missing.exit_code == 1 and "--key nope.png: no input of" in missing.stderr

@@ -51,3 +51,53 @@ def test_show_command(tmp_path):
     assert lines[-1].endswith("overview.png") and all(Path(p).exists() for p in lines)
     grid = Image.open(tmp_path / "pics" / "01_gabor.png")
     assert grid.width <= 8 * 270  # at most 8 columns of tiles
+
+
+def shapes_of(pipeline, shape=(3, 64, 64)):
+    shapes = {r.name: r.out_shape for r in pipeline.trace(shape)}
+    shapes["input"] = shape
+    return shapes
+
+
+def test_channels_are_labelled_with_their_colour_and_filter():
+    from poolcli.show import channel_labels
+
+    pipe = Pipeline.from_yaml(ROOT / "configs" / "gabor_gem.yaml")  # gabor: 8 orientations x 2 wavelengths, each
+    labels = channel_labels(pipe, shapes_of(pipe))
+    assert labels["input"] == ["R", "G", "B"] and len(labels["gabor"]) == 48
+    assert labels["gabor"][:2] == ["R gabor 0° wl4", "R gabor 22.5° wl4"]
+    assert labels["gabor"][8] == "R gabor 0° wl8" and labels["gabor"][16] == "G gabor 0° wl4"
+    assert labels["pool"] == labels["gabor"]  # pooling keeps the channels
+    assert "gem" not in labels
+    # the order is the one the conv computes: channel-major, then the gabor bank's own order
+    from poolcli.stages.filters import make_bank
+
+    gabor = pipe.nodes[0].stage
+    bank = make_bank("gabor", gabor.kernel, gabor._bank_params())
+    assert len(bank) * 3 == len(labels["gabor"])
+    sobel = Pipeline.from_config(CONFIG)
+    assert channel_labels(sobel, shapes_of(sobel))["edges"] == [f"{c} sobel {a}" for c in "RGB" for a in "xy"]
+    mixed = Pipeline.from_config({"stages": [
+        {"type": "conv", "filters": "random", "out_channels": 4, "seed": 0, "padding": "same", "name": "r"},
+        {"type": "concat", "from": ["r", "input"], "name": "both"}]})
+    labels = channel_labels(mixed, shapes_of(mixed))
+    assert labels["r"] == [] and labels["both"] == []  # random filters have no names; nor has a part of concat
+    named = Pipeline.from_config({"stages": [
+        {"type": "conv", "filters": "log", "sigma": 2, "padding": "same", "name": "l"},
+        {"type": "concat", "from": ["l", "input"], "name": "both"}]})
+    assert channel_labels(named, shapes_of(named))["both"] == ["log", "R", "G", "B"]
+
+
+def test_each_tile_says_its_value_scale_and_the_input_is_in_colour(tmp_path):
+    from poolcli.show import value_range
+
+    assert value_range(np.array([[np.nan, -2.0], [5.0, np.inf]], np.float32)) == (-2.0, 5.0)
+    assert value_range(np.full((2, 2), np.nan, np.float32)) is None
+    written = show(Pipeline.from_config(CONFIG), ROOT / "sample_images" / "chelsea.png", tmp_path / "out")
+    picture = np.asarray(Image.open(written[0])).astype(int)
+    colourful = np.abs(picture[..., 0] - picture[..., 2]) > 40  # the cat's orange: red far above blue
+    assert colourful.sum() > 1000
+    overview = np.asarray(Image.open(written[-1])).astype(int)
+    assert (np.abs(overview[..., 0] - overview[..., 2]) > 40).sum() > 1000  # its input row too
+    gray = np.asarray(Image.open(written[1])).astype(int)  # a map's grid stays grey
+    assert (np.abs(gray[..., 0] - gray[..., 2]) > 40).sum() == 0

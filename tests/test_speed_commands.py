@@ -30,9 +30,9 @@ def test_bench_times_every_needed_stage_and_shares_sum_to_one():
     result = invoke("bench", GABOR_GEM, "--size", 40, 48, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["input"] == [3, 40, 48]
+    assert data["input"] == [3, 213, 256]  # a 40x48 image, resized as a run resizes it (longest 256)
     assert [s["name"] for s in data["stages"]] == ["gabor", "pool", "gem"]
-    assert [s["out_shape"] for s in data["stages"]] == [[48, 40, 48], [48, 20, 24], [48]]
+    assert [s["out_shape"] for s in data["stages"]] == [[48, 213, 256], [48, 106, 128], [48]]
     assert all(s["seconds"] > 0 for s in data["stages"]) and data["pipeline_seconds"] > 0
     assert abs(sum(s["share"] for s in data["stages"]) - 1) < 1e-9
 
@@ -45,11 +45,67 @@ def test_bench_with_an_image_times_its_loading_first(tmp_path):
     assert data["input"] == [3, 170, 256]  # chelsea.png is 451 x 300; resize longest 256
 
 
+def test_bench_gives_the_spread_of_its_calls_and_warns_when_they_disagree(monkeypatch):
+    from poolcli import bench as bench_module
+
+    data = json.loads(invoke("bench", GABOR_GEM, "--size", 32, 32, "--json").stdout)
+    for row in data["stages"]:
+        assert 0 < row["low_seconds"] <= row["seconds"] <= row["high_seconds"]
+    assert data["pipeline_low_seconds"] <= data["pipeline_seconds"] <= data["pipeline_high_seconds"]
+    steady = invoke("bench", GABOR_GEM, "--size", 32, 32)
+    assert "range" in steady.stdout
+    monkeypatch.setattr(bench_module, "DISAGREE", 0.5)  # every row's spread now counts as disagreeing
+    noisy = invoke("bench", GABOR_GEM, "--size", 32, 32)
+    assert "warning: the times of gabor, pool, gem, the pipeline call vary more than 2x" in noisy.stderr
+
+
+def test_bench_percentiles():
+    from poolcli.bench import median_time
+
+    calls = iter([5, 1, 2, 3, 4, 6, 7, 8, 9, 10, 100] + [1] * 100)
+    import time as time_module
+
+    clock = [0.0]
+
+    def fake_counter():
+        return clock[0]
+
+    def call():
+        clock[0] += next(calls)
+
+    real = time_module.perf_counter
+    time_module.perf_counter = fake_counter
+    try:
+        median, low, high = median_time(call, repeats=11, min_seconds=0)
+    finally:
+        time_module.perf_counter = real
+    assert (median, low, high) == (6, 2, 10)
+
+
 def test_bench_table_names_each_stage():
     result = invoke("bench", GABOR_GEM, "--size", 32, 32)
     assert result.exit_code == 0, result.output
     for word in ("gabor", "pool", "gem", "total", "share", "one pipeline call"):
         assert word in result.stdout
+
+
+def test_size_is_an_images_size_resized_as_a_run_resizes_it(tmp_path):
+    """inspect --size, bench --size and --image answer for the same input: the config's resize
+    applies to all three, as it does in a run."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.open(PHOTO).convert("RGB").resize((400, 300)).save(photo)
+    by_size = invoke("inspect", GABOR_GEM, "--size", 300, 400, "--json")
+    by_image = invoke("inspect", GABOR_GEM, "--image", photo, "--json")
+    assert json.loads(by_size.stdout)["input"] == json.loads(by_image.stdout)["input"] == [3, 192, 256]
+    assert json.loads(by_size.stdout)["image_size"] == [300, 400]
+    table = invoke("inspect", GABOR_GEM, "--size", 300, 400)
+    assert "a 300x400 image is resized to 192x256 by input.resize" in table.stderr
+    assert "gabor-gem on a 3x192x256 input" in table.stdout
+    timed = json.loads(invoke("bench", GABOR_GEM, "--size", 300, 400, "--json").stdout)
+    assert timed["input"] == [3, 192, 256]
+    assert "before the config's input.resize" in " ".join(invoke("inspect", "--help").stdout.split())
 
 
 def test_bench_skips_stages_the_output_does_not_need(tmp_path):
@@ -64,8 +120,14 @@ def test_bench_skips_stages_the_output_does_not_need(tmp_path):
     (["--size", 4, 4], "stage 'gabor'"),  # a 15x15 kernel with reflect padding on a 4x4 map
     (["--size", 32, 32, "--threads", 0], "--threads must be between 1 and"),
 ])
-def test_bench_errors_are_one_line(args, message):
-    result = invoke("bench", GABOR_GEM, *args)
+def test_bench_errors_are_one_line(tmp_path, args, message):
+    import yaml
+
+    config = yaml.safe_load(GABOR_GEM.read_text())
+    del config["input"]["resize"]  # --size is then the map's size
+    path = tmp_path / "gabor_gem.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("bench", path, *args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
@@ -137,6 +199,33 @@ def test_a_first_run_says_it_compiles_and_how_many(tmp_path):
     assert "compil" not in second and "wrote 1 descriptor of length 3 " in second
 
 
+def test_every_command_that_compiles_says_so(tmp_path):
+    """search (with an image query), show, bench and eval compile on a cold cache too: each says
+    so, as run does, and says nothing of it once the kernels are cached."""
+    config = tmp_path / "spoc.yaml"
+    config.write_text("stages: [{type: max_pool, kernel_size: 2}, {type: spoc}]\n")
+    photo, other = REPO / "sample_images" / "camera.png", REPO / "sample_images" / "coins.png"
+
+    def command(cache, *args, code=0):
+        env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / cache)}
+        done = subprocess.run([sys.executable, "-m", "poolcli", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=REPO)
+        assert done.returncode == code, done.stderr
+        return done.stderr
+
+    command("run", "run", config, photo, other, "-o", tmp_path / "out")
+    commands = {
+        "search": ["search", tmp_path / "out", photo],
+        "show": ["show", config, photo, "-o", tmp_path / "pictures"],
+        "bench": ["bench", config, "--size", 16, 16],
+        "eval": ["eval", config, photo, other, "--no-progress"],
+    }
+    for name, args in commands.items():
+        cold, warm = command(name, *args), command(name, *args)
+        assert "compiling kernels: the first" in cold and f"later runs of poolcli {poolcli.__version__} on this machine" in cold, name
+        assert "compiling" not in warm, name
+
+
 def test_warmup_without_a_config_runs_every_stage_type():
     result = invoke("warmup", "--no-progress")
     assert result.exit_code == 0, result.output
@@ -160,7 +249,7 @@ def read_only(monkeypatch):
     real = os.access
 
     def access(path, mode, *args, **kwargs):
-        if Path(path) in denied and mode & os.W_OK:
+        if any(Path(path) == d or d in Path(path).parents for d in denied) and mode & os.W_OK:
             return False
         return real(path, mode, *args, **kwargs)
 
@@ -168,28 +257,62 @@ def read_only(monkeypatch):
     return denied
 
 
-def test_cache_stays_beside_the_sources_when_writable(tmp_path):
-    assert cache_dir_for(tmp_path, {}) is None
-    assert cache_dir_for(tmp_path, {"NUMBA_CACHE_DIR": "/elsewhere"}) is None
+def test_kernels_are_cached_in_the_user_cache_folder_per_version_and_machine(tmp_path):
+    chosen = cache_dir_for({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, "x86_64-cpu-1234")
+    assert chosen == str(tmp_path / "xdg" / "poolcli" / poolcli.__version__ / "x86_64-cpu-1234")
+    assert Path(chosen).is_dir()
+    assert cache_dir_for({"NUMBA_CACHE_DIR": str(tmp_path / "n")}, "t") == str(tmp_path / "n" / "poolcli" / poolcli.__version__ / "t")
+    assert cache_dir_for({"POOLCLI_CACHE_DIR": str(tmp_path / "p"), "NUMBA_CACHE_DIR": str(tmp_path / "n")}, "t") \
+        == str(tmp_path / "p" / "poolcli" / poolcli.__version__ / "t")
 
 
-def test_read_only_package_caches_in_the_user_cache_folder(tmp_path, read_only):
-    package = tmp_path / "site-packages" / "poolcli" / "kernels"
-    (package / "__pycache__").mkdir(parents=True)
-    read_only.add(package / "__pycache__")
-    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(tmp_path / "xdg")})
-    assert chosen == str(tmp_path / "xdg" / "poolcli" / "numba") and Path(chosen).is_dir()
+def test_this_process_caches_poolclis_kernels_outside_the_package():
+    from poolcli.kernels import CACHE_DIR, conv
+
+    package = Path(poolcli.kernels.__file__).parent
+    assert Path(conv.conv_planes.stats.cache_path) == Path(CACHE_DIR)
+    assert package not in Path(CACHE_DIR).parents and not any(package.rglob("*.nbi"))
+    assert poolcli.__version__ in Path(CACHE_DIR).parts
 
 
 def test_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path, read_only, monkeypatch):
-    package = tmp_path / "pkg"
-    package.mkdir()
-    read_only.add(package)
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")  # a cache "folder" below a file cannot be created
     monkeypatch.setattr(poolcli.kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    chosen = cache_dir_for(package, {"XDG_CACHE_HOME": str(not_a_folder)})
-    assert chosen is not None and chosen.startswith(str(tmp_path / "tmp" / "poolcli-numba-"))
+    chosen = cache_dir_for({"XDG_CACHE_HOME": str(not_a_folder)}, "t")
+    assert chosen.startswith(str(tmp_path / "tmp" / "poolcli-"))
+    read_only.add(tmp_path / "tmp")
+    read_only.add(tmp_path / "xdg")
+    assert "poolcli-kernels-" in cache_dir_for({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, "t")
+
+
+def test_two_installs_share_one_cache_and_neither_gets_files(tmp_path):
+    """A kernel compiled by one copy of poolcli loads from the cache in another copy of the same
+    version (a different path, newer file times): the cache is per version and machine, not per
+    install, and nothing is written beside either copy's sources."""
+    import shutil
+
+    copies = [tmp_path / "a", tmp_path / "b"]
+    for copy in copies:
+        shutil.copytree(REPO / "poolcli", copy / "poolcli", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import poolcli, numpy as np\n"
+            "from poolcli.warmup import compiled_so_far\n"
+            "pipe = poolcli.Pipeline.from_config({'stages': [{'type': 'spoc'}]})\n"
+            "pipe(np.ones((2, 3, 3), np.float32))\n"
+            "print(poolcli.__file__, compiled_so_far())")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("POOLCLI_CACHE_DIR", None)
+    outputs = []
+    for copy in copies:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=copy)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split())
+    assert outputs[0][0].startswith(str(copies[0])) and outputs[1][0].startswith(str(copies[1]))
+    assert [o[1] for o in outputs] == ["1", "0"]  # compiled once, loaded by the other copy
+    for copy in copies:
+        assert sorted(p.name for p in copy.rglob("*") if p.name == "__pycache__" or p.suffix in (".nbi", ".nbc")) == []
+    assert any((tmp_path / "cache" / "poolcli" / poolcli.__version__).rglob("*.nbi"))
 
 
 # --- start-up -------------------------------------------------------------------------------------

@@ -180,3 +180,30 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path, bucket
     again = run(pipe, [bucket[1] if where == "memory" else str(bucket[0])], str(out), shard_size=2)
     assert again.processed == 0
     assert [p.exists() for p in left] == [False, False, False] and mine.exists()
+
+
+def test_chunks_of_a_shard_on_urls_resume_to_the_same_bytes(tmp_path, bucket, monkeypatch):
+    """The chunks a shard saves as it goes work on object storage too, where Ray tasks write."""
+    from poolcli import runner
+
+    monkeypatch.setattr(runner, "CHUNK_IMAGES", 2)
+    local, url = bucket
+    out = url.replace("/images", "/chunked")
+    pipe = Pipeline.from_config(DESCRIPTOR)
+    reference = run(pipe, [str(local)], tmp_path / "reference", shard_size=100)
+
+    def stop(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(pipe, [url], out, shard_size=100, progress=stop)
+    memory = fsspec.filesystem("memory")
+    key = out.split("://")[1]
+    assert [p.rsplit("/", 1)[1] for p in sorted(memory.find(f"{key}/.partial"))] == [
+        "chunk-000000000000-000000000002.json", "chunk-000000000000-000000000002.npy"]
+    resumed = run(pipe, [url], out, shard_size=100)
+    assert resumed.processed == 3 and (resumed.written, resumed.failed) == (reference.written, reference.failed)
+    assert not memory.find(f"{key}/.partial")
+    part = "descriptors/part-00000.npy"
+    assert memory.cat_file(f"{key}/{part}") == (tmp_path / "reference" / part).read_bytes()

@@ -15,7 +15,8 @@ from pathlib import Path
 from poolcli.errors import PoolcliError
 from poolcli.io.storage import RemotePath, is_url, local_path
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".npy"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".avif", ".heic",
+                              ".heif", ".npy"})
 
 
 @dataclass(frozen=True)

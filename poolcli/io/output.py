@@ -3,6 +3,12 @@
 Every file is written under a temporary name in its final folder and renamed into place, so a
 killed run never leaves a file that looks complete. A shard is complete when its
 ``stats/part-NNNNN.json`` exists; it is written after the shard's other files.
+
+While a shard is being computed, what is done of it is saved every few hundred images (or
+every half minute) as a chunk in ``OUT/.partial/part-NNNNN/``, so that a killed run redoes
+little of it, whatever the shard size. A resumed shard takes its chunks back and goes on; the
+shard is then written whole as before and its chunks removed, so a finished folder holds the
+same files, and the same bytes, as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ except ImportError:  # Windows
 
 FOLDERS = ("descriptors", "maps", "metadata", "failures", "stats")
 FILES = ("manifest.json", "pipeline.yaml")
-LOCK_FILE = ".lock"  # held by the run writing the folder; never removed
+PARTIAL = ".partial"  # chunks of the shards being computed; gone once the run is complete
+LOCK_FILE = ".lock"  # held by the run writing the folder, removed when it ends
 # What identifies a run: resuming needs all of these to match.
 IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
 
@@ -136,7 +143,10 @@ class RunFolder:
     def lock(self):
         """Hold ``OUT/.lock`` while a run writes the folder: a second run into the same folder is
         refused rather than interleaved. The lock is the operating system's (``flock``), so it
-        ends with the process however the process ends: a killed run leaves no stale lock."""
+        ends with the process however the process ends: a killed run leaves no stale lock (only
+        its file, which the next run takes). A run that ends removes the file while it still
+        holds the lock; a run that locked the removed file meanwhile sees that the file it holds
+        is no longer ``OUT/.lock`` and locks the new one instead."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"output {self.path} exists and is not a folder")
         if isinstance(self.path, RemotePath):  # object stores have no lock: nothing to hold
@@ -144,18 +154,29 @@ class RunFolder:
             return
         with self.writing():
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        lock_path = self.path / LOCK_FILE
+        while True:
+            with self.writing():
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             if not _try_lock(fd):
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
                 raise OutputError(
                     f"{self.path} is in use by another poolcli run{f' (process {holder})' if holder.isdigit() else ''}; "
                     "wait for it to finish, or choose another output folder"
                 )
+            if _same_file(fd, lock_path):
+                break
+            os.close(fd)  # the run that held it removed it as we locked it: lock the new one
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
+            try:
+                os.unlink(lock_path)  # still held: a run that opened it meanwhile retries
+            except OSError:
+                pass
             os.close(fd)  # releases the lock
 
     @property
@@ -204,7 +225,7 @@ class RunFolder:
         # The completion marks go first: a run killed while clearing leaves no shard that
         # looks complete without its data, and the manifest last, so the folder still says
         # whose it is.
-        for folder in ("stats", *(f for f in FOLDERS if f != "stats")):
+        for folder in ("stats", PARTIAL, *(f for f in FOLDERS if f != "stats")):
             remove_tree(self.path / folder)
         for name in FILES:
             (self.path / name).unlink(missing_ok=True)
@@ -218,7 +239,7 @@ class RunFolder:
         folders (the user's own folders in OUT are not walked, and each file is listed once)."""
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        for folder in (self.path / f for f in FOLDERS):
+        for folder in (self.path / f for f in (*FOLDERS, PARTIAL)):
             if folder.is_dir():
                 for tmp in folder.rglob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -235,6 +256,88 @@ class RunFolder:
         with self.writing():
             for folder, suffix in (("descriptors", ".npy"), ("metadata", ".parquet"), ("failures", ".parquet")):
                 (self.path / folder / part_name(shard, suffix)).unlink(missing_ok=True)
+
+    # --- chunks of a shard being computed ---------------------------------------------------
+
+    def _partial(self, shard: int):
+        return self.path / PARTIAL / part_name(shard, "")
+
+    def _chunks(self, shard: int, first: int) -> list[tuple[int, int, Any]]:
+        """The shard's saved chunks that follow each other from key ``first``:
+        ``(first_key, end_key, json path)`` in key order. A chunk after a gap (which no run
+        writes) is ignored; a chunk's ``.json`` is written after its ``.npy``."""
+        folder = self._partial(shard)
+        if not folder.is_dir():
+            return []
+        found = {}
+        for path in folder.glob("chunk-*.json"):
+            try:
+                start, end = (int(n) for n in path.stem.split("-")[1:3])
+            except ValueError:
+                continue
+            found[start] = (start, end, path)
+        chunks, key = [], first
+        while key in found:
+            chunks.append(found[key])
+            key = found[key][1]
+        return chunks
+
+    def resume_key(self, shard: int, first: int) -> int:
+        """The first key of an incomplete shard that no saved chunk holds."""
+        chunks = self._chunks(shard, first)
+        return chunks[-1][1] if chunks else first
+
+    def load_chunks(self, shard: int, first: int) -> tuple[list[np.ndarray], list[dict], list[dict], int]:
+        """What the saved chunks of ``shard`` hold: descriptor arrays, metadata rows, failure
+        rows, and the first key they do not hold."""
+        vectors, rows, failures, key = [], [], [], first
+        for start, end, path in self._chunks(shard, first):
+            try:
+                chunk = json.loads(path.read_text())
+                if chunk["vectors"]:
+                    array = np.load(readable(path.with_name(path.stem + ".npy")), allow_pickle=False)
+                    if len(array) != chunk["vectors"]:
+                        break
+                    vectors.append(array)
+            except (OSError, ValueError, KeyError):
+                break  # unreadable: redo from here
+            rows.extend(chunk["rows"])
+            failures.extend(chunk["failures"])
+            key = end
+        return vectors, rows, failures, key
+
+    def save_chunk(self, shard: int, first_key: int, end_key: int, vectors: np.ndarray | None,
+                   rows: list[dict], failures: list[dict]) -> None:
+        """Save keys ``[first_key, end_key)`` of an incomplete shard: its descriptors (if any),
+        then its rows and failures, which mark the chunk saved."""
+        folder = self._partial(shard)
+        name = f"chunk-{first_key:012d}-{end_key:012d}"
+        with self.writing():
+            folder.mkdir(parents=True, exist_ok=True)
+            if vectors is not None and len(vectors):
+                save_npy(folder / f"{name}.npy", vectors)
+            data = {"vectors": 0 if vectors is None else len(vectors), "rows": rows, "failures": failures}
+            atomic_write(folder / f"{name}.json", lambda f: f.write(json.dumps(data).encode() + b"\n"))
+
+    def remove_chunks(self, shard: int | None = None) -> None:
+        """Remove a shard's saved chunks (once the shard is complete), or with None every
+        chunk folder of a complete shard and the chunks folder itself once it is empty."""
+        with self.writing():
+            if shard is not None:
+                remove_tree(self._partial(shard))
+                return
+            root = self.path / PARTIAL
+            if not root.is_dir():
+                return
+            for folder in root.glob("part-*"):
+                try:
+                    number = int(folder.name.split("-")[1])
+                except ValueError:
+                    continue
+                if self.shard_stats(number) is not None:
+                    remove_tree(folder)
+            if next(iter(root.glob("*")), None) is None:
+                remove_tree(root)
 
     def write_map(self, relative: str, array: np.ndarray) -> str:
         """Write one image's map under maps/; returns its path relative to the folder."""
@@ -256,6 +359,15 @@ class RunFolder:
             if failures:
                 save_parquet(self.path / "failures" / part_name(shard, ".parquet"), failures, failures_schema())
             save_json(self.path / "stats" / part_name(shard, ".json"), stats)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _try_lock(fd: int) -> bool:

@@ -1,16 +1,24 @@
 """Private Numba kernels, one module per operator family, mirroring ``poolcli.stages`` (and
 ``vecmath``: the exp and log that vectorise, which GeM, Lp and SoftPool inline).
 
-Importing this package makes sure Numba's on-disk cache is writable before numba is imported:
-where the package folder is read-only (a system install), kernels are cached in the user's
-cache folder instead, or failing that in the temporary folder, so ``cache=True`` works
-everywhere and only a machine's first run compiles (``poolcli warmup`` does it ahead).
+Importing this package decides where Numba caches poolcli's kernels, before any kernel module
+is imported (and so before any kernel is compiled or loaded): in the user's cache folder, one
+folder per poolcli version and per machine, never inside the installed package. Files that pip
+did not install survive ``pip uninstall``, and a half-empty ``site-packages/poolcli/`` left
+behind shadows the next install (an editable one included) as a namespace package. A kernel
+is found in the cache by the content of its source file, not by the file's path or time, so
+every install of one poolcli version on one machine shares its compiled kernels, and only the
+machine's first run compiles (``poolcli warmup`` does it ahead).
 """
 
+import hashlib
 import os
+import platform
 import sys
 import tempfile
 from pathlib import Path
+
+from poolcli import __version__
 
 
 def _writable(folder: Path) -> bool:
@@ -22,31 +30,99 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def cache_dir_for(package: Path, environ) -> str | None:
-    """The folder for NUMBA_CACHE_DIR: None to keep Numba's choice (NUMBA_CACHE_DIR already set,
-    or ``__pycache__`` beside the sources writable), else the user's cache folder, else one in
-    the temporary folder (a read-only home)."""
-    if environ.get("NUMBA_CACHE_DIR"):
-        return None
-    pycache = package / "__pycache__"
-    if os.access(pycache if pycache.exists() else package, os.W_OK):
-        return None
-    candidates = []
+def user_cache_folder(environ) -> Path | None:
+    """The user's cache folder, as the platform names it (None without a home directory)."""
+    if sys.platform == "win32" and environ.get("LOCALAPPDATA"):
+        return Path(environ["LOCALAPPDATA"])
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"])
     try:
-        home_cache = Path.home() / ".cache"
+        home = Path.home()
     except RuntimeError:  # no home directory at all
-        home_cache = None
-    base = environ.get("XDG_CACHE_HOME") or (environ.get("LOCALAPPDATA") if sys.platform == "win32" else home_cache)
-    if base:
-        candidates.append(Path(base) / "poolcli" / "numba")
+        return None
+    return home / "Library" / "Caches" if sys.platform == "darwin" else home / ".cache"
+
+
+def machine_tag() -> str:
+    """What compiled code depends on besides the sources: the CPU (its name and the features
+    LLVM compiles for) and the Numba version, as a folder name."""
+    import llvmlite.binding as llvm
+
+    cpu = llvm.get_host_cpu_name()
+    features = hashlib.sha256(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:8]
+    numba_version = _numba_version()
+    return f"{platform.machine() or 'cpu'}-{cpu}-{features}-numba{numba_version}"
+
+
+def _numba_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("numba")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cache_dir_for(environ, tag: str) -> str:
+    """The folder of poolcli's compiled kernels: ``POOLCLI_CACHE_DIR``, or ``NUMBA_CACHE_DIR``,
+    or the user's cache folder, with ``poolcli/VERSION/TAG`` below; where none of them can be
+    written, the same below the temporary folder (a read-only home), and failing that a new
+    temporary folder of this process's own."""
+    below = Path("poolcli") / __version__ / tag
+    bases = [environ.get("POOLCLI_CACHE_DIR"), environ.get("NUMBA_CACHE_DIR")]
+    if not any(bases):
+        bases.append(user_cache_folder(environ))
     user = getattr(os, "getuid", lambda: "user")()
-    candidates.append(Path(tempfile.gettempdir()) / f"poolcli-numba-{user}")
-    return next((str(folder) for folder in candidates if _writable(folder)), None)
+    bases.append(Path(tempfile.gettempdir()) / f"poolcli-{user}")
+    for base in bases:
+        if base and _writable(Path(base) / below):
+            return str(Path(base) / below)
+    return tempfile.mkdtemp(prefix="poolcli-kernels-")
 
 
-_dir = cache_dir_for(Path(__file__).parent, os.environ)
-if _dir:
-    os.environ["NUMBA_CACHE_DIR"] = _dir
+_source_hashes: dict = {}
+
+
+def _source_stamp(path: str):
+    """The content of a kernel's source file, hashed once per process: the cache's test of
+    freshness, the same for every copy of the file whatever its path or time."""
+    if path not in _source_hashes:
+        with open(path, "rb") as f:
+            _source_hashes[path] = hashlib.sha256(f.read()).hexdigest()
+    return _source_hashes[path]
+
+
+def _use_kernel_cache_folder() -> str:
+    """Make Numba cache the functions of poolcli's kernel modules in :func:`cache_dir_for`'s
+    folder (every other function where Numba would put it); returns the folder."""
+    from numba.core import caching
+
+    folder = cache_dir_for(os.environ, machine_tag())
+    package = os.path.dirname(os.path.abspath(__file__))
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+
+    class PoolcliCacheLocator(caching._CacheLocator):
+        def __init__(self, py_func, py_file):
+            self._py_file, self._lineno = py_file, py_func.__code__.co_firstlineno
+
+        def get_cache_path(self):
+            return folder
+
+        def get_source_stamp(self):
+            return _source_stamp(self._py_file)
+
+        def get_disambiguator(self):
+            return str(self._lineno)
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != package:
+                return None  # not a poolcli kernel: Numba's own locators decide
+            return cls(py_func, py_file)
+
+    if not any(c.__name__ == "PoolcliCacheLocator" for c in impl._locator_classes):
+        impl._locator_classes.insert(0, PoolcliCacheLocator)
+    return folder
 
 
 class _Refuse:
@@ -142,6 +218,7 @@ def _wide_vector_features() -> str | None:
 
 
 _start_numba()
+CACHE_DIR = _use_kernel_cache_folder()
 
 # Fast-math flags that keep NaN and inf semantics (no "nnan"/"ninf"): pooling pads with -inf
 # and must propagate NaN, yet reductions may still be vectorised and reassociated.

@@ -186,52 +186,76 @@ def score(rank: np.ndarray) -> Scores:
 def evaluate(config_path: str | Path, inputs: list[str], progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Run the benchmark for the config at ``config_path`` over the images ``inputs`` (files,
     folders, globs). ``progress(done, total)`` is called per image."""
+    return evaluate_many([config_path], inputs, progress)[0]
+
+
+def evaluate_many(config_paths: list[str | Path], inputs: list[str],
+                  progress: Callable[[int, int], None] | None = None) -> list[EvalReport]:
+    """:func:`evaluate` for several configs on the same images and the same transformed copies
+    (each made and written once), one report per config in the order given: the way to compare
+    pooling heads on one trunk."""
     from poolcli.io.images import load_image
     from poolcli.io.inputs import collect_inputs
     from poolcli.pipeline import Pipeline
 
-    pipeline = Pipeline.from_yaml(config_path)
-    if pipeline.kind != "descriptors":
-        raise PoolcliError(f"{config_path} writes feature maps; eval needs a config that ends in a descriptor")
+    if not config_paths:
+        raise PoolcliError("eval needs at least one config")
+    pipelines = []
+    for config_path in config_paths:
+        pipeline = Pipeline.from_yaml(config_path)
+        if pipeline.kind != "descriptors":
+            raise PoolcliError(f"{config_path} writes feature maps; eval needs a config that ends in a descriptor")
+        pipelines.append(pipeline)
     files = [f for f in collect_inputs(inputs).files]
     arrays = [f for f in files if f.lower().endswith(".npy")]
     if arrays:
         raise PoolcliError(f"eval needs image files to transform, got an array: {arrays[0]}")
 
-    def describe(image, folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def describe(image, folder: Path, name: str) -> tuple[list[np.ndarray], np.ndarray]:
         path = folder / f"{name}.png"
         image.save(path, compress_level=1)
-        try:
-            y = pipeline(load_image(path, pipeline.config.input))
-        except PoolcliError as exc:
-            raise PoolcliError(f"{name}: {exc}") from None
-        return y, thumbnail(image)
+        ys = []
+        for config_path, pipeline in zip(config_paths, pipelines):
+            try:
+                ys.append(pipeline(load_image(path, pipeline.config.input)))
+            except PoolcliError as exc:
+                where = f"{config_path}: " if len(pipelines) > 1 else ""
+                raise PoolcliError(f"{where}{name}: {exc}") from None
+        return ys, thumbnail(image)
 
-    originals, database, base_database, queries, base_queries = [], [], [], {t: [] for t in TRANSFORMS}, {t: [] for t in TRANSFORMS}
+    # Per config: its database and its queries per transform; the baseline's are shared.
+    database = [[] for _ in pipelines]
+    queries = [{t: [] for t in TRANSFORMS} for _ in pipelines]
+    originals, base_database, base_queries = [], [], {t: [] for t in TRANSFORMS}
     with tempfile.TemporaryDirectory(prefix="poolcli-eval-") as tmp:
         folder = Path(tmp)
         for number, path in enumerate(files):
             image = open_rgb(path)
             label = Path(path).name
-            originals.append(len(database))
+            originals.append(len(base_database))
             for name, item in [(label, image)] + [(f"{label} quadrant {q}", part) for q, part in enumerate(quadrants(image))]:
-                y, thumb = describe(item, folder, f"db{len(database)}")
-                database.append(y)
+                ys, thumb = describe(item, folder, f"db{len(base_database)}")
+                for rows, y in zip(database, ys):
+                    rows.append(y)
                 base_database.append(thumb)
             for transform, (_, apply) in TRANSFORMS.items():
-                y, thumb = describe(apply(image), folder, f"{label} {transform}")
-                queries[transform].append(y)
+                ys, thumb = describe(apply(image), folder, f"{label} {transform}")
+                for per_transform, y in zip(queries, ys):
+                    per_transform[transform].append(y)
                 base_queries[transform].append(thumb)
             if progress:
                 progress(number + 1, len(files))
     originals = np.array(originals)
-    report = EvalReport(str(config_path), len(files), len(database))
-    all_ranks, all_base = [], []
-    for transform, (description, _) in TRANSFORMS.items():
-        rank = ranks(np.stack(queries[transform]), np.stack(database), originals)
-        base = ranks(np.stack(base_queries[transform]), np.stack(base_database), originals)
-        report.transforms.append(TransformResult(transform, description, score(rank), score(base)))
-        all_ranks.append(rank)
-        all_base.append(base)
-    report.overall = TransformResult("overall", "every query", score(np.concatenate(all_ranks)), score(np.concatenate(all_base)))
-    return report
+    base_ranks = {t: ranks(np.stack(base_queries[t]), np.stack(base_database), originals) for t in TRANSFORMS}
+    base_all = score(np.concatenate(list(base_ranks.values())))
+    reports = []
+    for config_path, rows, per_transform in zip(config_paths, database, queries):
+        report = EvalReport(str(config_path), len(files), len(rows))
+        all_ranks = []
+        for transform, (description, _) in TRANSFORMS.items():
+            rank = ranks(np.stack(per_transform[transform]), np.stack(rows), originals)
+            report.transforms.append(TransformResult(transform, description, score(rank), score(base_ranks[transform])))
+            all_ranks.append(rank)
+        report.overall = TransformResult("overall", "every query", score(np.concatenate(all_ranks)), base_all)
+        reports.append(report)
+    return reports

@@ -53,10 +53,10 @@ def build_index(out: str | Path, kind: str = "flat") -> IndexSummary:
 
     if kind not in KINDS:
         raise PoolcliError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    faiss = import_faiss()
-    descriptors = DescriptorSet(out)
+    descriptors = DescriptorSet(out, use="index")  # a folder that cannot be indexed is said before faiss is missing
     if descriptors.rows == 0:
         raise PoolcliError(f"{out} holds no descriptors to index")
+    faiss = import_faiss()
     dim = int(descriptors.dim)
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)

@@ -12,6 +12,7 @@ that is also the id of each vector in a faiss index built by :mod:`poolcli.retri
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,7 @@ class Hit:
     key: int
     path: str
     score: float
+    is_query: bool = False  # the query itself: the row of a --key query, or a query image's own file
 
 
 @dataclass
@@ -43,7 +45,8 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"query": self.query, "key": self.key,
-                "results": [{"key": h.key, "path": h.path, "score": h.score} for h in self.hits]}
+                "results": [{"key": h.key, "path": h.path, "score": h.score, "is_query": h.is_query}
+                            for h in self.hits]}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Shard:
 class DescriptorSet:
     """The complete descriptor shards of a run folder, read lazily."""
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, use: str = "search"):  # use: the command, for its message
         from poolcli.io.output import RunFolder, part_name
 
         folder = RunFolder(out)
@@ -67,7 +70,7 @@ class DescriptorSet:
         if manifest is None:
             raise OutputError(f"{out}: no manifest.json; is this a poolcli output folder?")
         if manifest.get("kind") != "descriptors":
-            raise OutputError(f"{out} holds feature maps, not descriptors (kind: {manifest.get('kind')}); search needs descriptors")
+            raise OutputError(f"{out} holds feature maps, not descriptors (kind: {manifest.get('kind')}); {use} needs descriptors")
         self.manifest = manifest
         self.shards: list[Shard] = []
         start = 0
@@ -148,6 +151,36 @@ class DescriptorSet:
         if 0 <= key < int(self.manifest.get("inputs") or 0):
             raise PoolcliError(f"--key {key}: that input has no descriptor in {self.path} (it failed, or its shard is not written yet)")
         raise PoolcliError(f"--key {key}: {self.path} has keys 0 to {int(self.manifest.get('inputs') or 0) - 1}")
+
+
+    def key_of_path(self, path: str) -> int:
+        """The key of the input at ``path``: the path as the run recorded it, or the same file
+        named another way (relative, through a symlink), or the one path that ends with it."""
+        import pyarrow.parquet as pq
+
+        wanted = _resolved(path)
+        same, ending = [], []
+        for shard in self.shards:
+            table = pq.read_table(readable(shard.metadata), columns=["key", "path"])
+            for key, recorded in zip(table.column("key").to_pylist(), table.column("path").to_pylist()):
+                if recorded == path:
+                    return int(key)
+                if wanted is not None and _resolved(recorded) == wanted:
+                    same.append(int(key))
+                elif recorded.endswith("/" + path.lstrip("/")):
+                    ending.append(int(key))
+        if same or len(ending) == 1:
+            return (same or ending)[0]
+        if ending:
+            raise PoolcliError(f"--key {path}: {len(ending)} inputs of {self.path} end with that path; give more of it")
+        raise PoolcliError(f"--key {path}: no input of {self.path} has that path (give a path or a row number)")
+
+
+def _resolved(path: str) -> str | None:
+    """A local path made absolute, symlinks followed; None for a URL."""
+    from poolcli.io.storage import is_url
+
+    return None if is_url(path) else os.path.realpath(path)
 
 
 def _npy_header(f, path) -> tuple[tuple[int, int], np.dtype]:
@@ -246,12 +279,15 @@ def embed(out: str | Path, images: list[str], descriptors: DescriptorSet) -> np.
     return np.stack(vectors).astype(np.float32)
 
 
-def search(out: str | Path, images: list[str] = (), keys: list[int] = (), k: int = 10,
-           use_index: bool = True) -> tuple[list[QueryResult], str | None]:
+def search(out: str | Path, images: list[str] = (), keys: list[int | str] = (), k: int = 10,
+           use_index: bool = True, skip_self: bool = False) -> tuple[list[QueryResult], str | None]:
     """Search run folder ``out`` for the ``k`` nearest descriptors (cosine) of each query: the
-    images (embedded with the run's config) then the rows with ``keys``. Uses the faiss index
-    in ``OUT/index/`` when there is a current one and ``use_index``. Returns the results, in
-    query order, and a note on how the search was done (or None for exact search)."""
+    images (embedded with the run's config) then the inputs with ``keys`` (a key, or an
+    input's path). Uses the faiss index in ``OUT/index/`` when there is a current one and
+    ``use_index``. A hit that is the query itself (a key's own row, or a query image's own
+    file in OUT) is marked ``is_query``, or with ``skip_self`` left out for the next one.
+    Returns the results, in query order, and a note on how the search was done (or None for
+    exact search)."""
     if k < 1:
         raise PoolcliError(f"-k must be >= 1, got {k}")
     if not images and not keys:
@@ -264,9 +300,10 @@ def search(out: str | Path, images: list[str] = (), keys: list[int] = (), k: int
         queries.append(embed(out, list(images), descriptors))
         labels += [(str(p), None) for p in images]
     for key in keys:
-        vector, path = descriptors.by_key(int(key))
+        key = int(key) if isinstance(key, int) or str(key).isdigit() else descriptors.key_of_path(str(key))
+        vector, path = descriptors.by_key(key)
         queries.append(vector[None])
-        labels.append((path, int(key)))
+        labels.append((path, key))
     queries = np.concatenate(queries)
     note = None
     if not descriptors.complete:
@@ -275,17 +312,22 @@ def search(out: str | Path, images: list[str] = (), keys: list[int] = (), k: int
     if use_index:
         from poolcli.retrieval.index import search_index
 
-        found, index_note = search_index(descriptors, queries, k) or (None, None)
-    scores, rows = found if found is not None else exact_search(descriptors, queries, k)
+        found, index_note = search_index(descriptors, queries, k + skip_self) or (None, None)
+    scores, rows = found if found is not None else exact_search(descriptors, queries, k + skip_self)
     note = "; ".join(n for n in (note, index_note) if n) or None
     keys_found, paths = descriptors.key_path(rows[rows >= 0].reshape(-1))
     results, at = [], 0
     for (label, key), row_scores, row_ids in zip(labels, scores, rows):
         result = QueryResult(label, key)
+        itself = _resolved(label) if key is None else None
         for score, row in zip(row_scores, row_ids):
             if row < 0:
                 continue
-            result.hits.append(Hit(int(keys_found[at]), paths[at], float(score)))
+            hit_key, hit_path = int(keys_found[at]), paths[at]
             at += 1
+            is_query = hit_key == key if key is not None else itself is not None and _resolved(hit_path) == itself
+            if not (is_query and skip_self):
+                result.hits.append(Hit(hit_key, hit_path, float(score), is_query))
+        del result.hits[k:]
         results.append(result)
     return results, note
