@@ -561,6 +561,19 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+@app.command("import")
+@cli_errors
+def import_(
+    model: Path = typer.Argument(..., metavar="MODEL", help="An ONNX file (.onnx)."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Folder to write pipeline.yaml and weights.safetensors into."),
+    until: List[str] = typer.Option([], "--until", metavar="NAME", help="Keep only what this ONNX value needs (repeatable; the last is the output)."),
+) -> None:
+    """Convert a trained ONNX network into a pipeline of ordinary stages and a weights file."""
+    from poolcli.importer import import_onnx
+
+    print(import_onnx(model, out, until).line())
+
+
 # --- retrieval ---------------------------------------------------------------------------------------
 
 

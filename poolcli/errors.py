@@ -31,3 +31,8 @@ class ImageError(PoolcliError):
 
 class OutputError(PoolcliError):
     """The output folder cannot be used (different config, unwritable, ...)."""
+
+
+class ModelError(PoolcliError):
+    """A model file cannot be imported: unreadable, hostile, or using an op, attribute or shape
+    that poolcli cannot compute exactly (the message names the node and the op)."""
