@@ -126,8 +126,9 @@ class _Engine(str, Enum):
 @cli_errors
 def run(
     config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP),
-    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Image files, folders (walked recursively) and globs; or fsspec URLs (s3://bucket/prefix)."),
+    inputs: Optional[List[str]] = typer.Argument(None, metavar="INPUT", help="Image files, folders (walked recursively), globs and tar shards (.tar: each image member an input); or fsspec URLs (s3://bucket/prefix)."),
     out: str = typer.Option(..., "-o", "--out", metavar="OUT", help="Output folder, or an fsspec URL (s3://bucket/out)."),
+    files_from: Optional[str] = typer.Option(None, "--files-from", metavar="FILE", help="Also the files listed in FILE, one path or URL a line ('-': standard input); a listed file that is missing is a failure row."),
     shard_size: int = typer.Option(10_000, "--shard-size", metavar="N", help="Images per output shard."),
     workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Threads that each decode an image and run the pipeline on it [default: cores / --threads; with --engine ray: 2 decoding threads per task]."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="Kernel threads per image [default: 1; with --engine ray: per task, 1]."),
@@ -139,8 +140,12 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Run the pipeline over images and write descriptors or feature maps to OUT."""
+    from poolcli.io.inputs import read_file_list
     from poolcli.runner import run as run_pipeline
 
+    if not inputs and files_from is None:
+        raise typer.BadParameter("give at least one INPUT, or --files-from FILE", param_hint="INPUT")
+    listed = read_file_list(files_from) if files_from is not None else []
     pipeline = _load(config)
     err = _stderr()
     unit = "shards" if engine is _Engine.ray else "images"
@@ -148,8 +153,9 @@ def run(
     with (_progress(err, enabled=not no_progress and sys.stderr.isatty(), unit=unit) as progress,
           compiled or contextlib.nullcontext()):
         summary = run_pipeline(
-            pipeline, inputs, out, shard_size=shard_size, workers=workers, threads=threads,
+            pipeline, inputs or [], out, shard_size=shard_size, workers=workers, threads=threads,
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
+            listed=listed,
         )
     _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0)
     if as_json:

@@ -15,6 +15,9 @@ reach them (a bucket URL, or a folder every node mounts).
   :data:`MAX_RETRIES` times. A retry rewrites the same shard under the same names, whole
   files renamed into place and the stats last, so it never duplicates rows.
 - Progress counts shards completed across the cluster.
+- Members of tar shards travel in the task's input list with their offsets
+  (:class:`poolcli.io.tars.TarMember`): a task reads only its own members' bytes, by seek or
+  ranged request, whichever tar shards they lie in.
 
 Ray is imported here only, when ``--engine ray`` is asked for.
 """

@@ -37,6 +37,7 @@ from poolcli import __version__
 from poolcli.errors import ImageError, PoolcliError, ShapeError
 from poolcli.io.inputs import InputList, collect_inputs
 from poolcli.io.output import RunFolder
+from poolcli.io.tars import TarMember
 from poolcli.pipeline import Pipeline
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own limit
@@ -77,6 +78,7 @@ class _Decoded:
     error: str | None = None  # the file could not be decoded
     output: np.ndarray | None = None  # the pipeline's output, when the worker ran it
     failure: tuple[str, str] | None = None  # (stage, message) when the worker's pipeline failed
+    sample: dict | None = None  # a tar member's url, caption and sample_key (its .json)
 
 
 def run(
@@ -92,10 +94,12 @@ def run(
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     address: str | None = None,
+    listed: list[str] = (),
 ) -> RunSummary:
     """Run ``pipeline`` over ``inputs`` into the folder ``out``; see SPEC section 5.
 
-    ``inputs`` and ``out`` may be fsspec URLs (``s3://bucket/prefix``). ``engine="ray"`` runs
+    ``inputs`` and ``out`` may be fsspec URLs (``s3://bucket/prefix``); ``listed`` are files
+    named one by one (``--files-from``), taken without being looked up. ``engine="ray"`` runs
     each pending shard as a task on the Ray cluster at ``address`` (a new local instance when
     None); ``threads`` and ``workers`` are then per task (default 1 and 2).
 
@@ -116,7 +120,7 @@ def run(
 
         _import_ray()
     started = time.perf_counter()
-    listing = collect_inputs(inputs, exclude=out)
+    listing = collect_inputs(inputs, exclude=out, listed=listed)
     folder = RunFolder(out)
     with folder.lock():  # a second run into the same folder is refused, not interleaved
         return _run_locked(pipeline, listing, folder, started, shard_size, workers, threads, overwrite, max_pixels,
@@ -291,7 +295,7 @@ def _process_item(pipeline, listing, folder, manifest, shard, item, row_number, 
     row = {
         "key": key, "path": listing.path(key), "width": item.info.width, "height": item.info.height,
         "mode": item.info.mode, "exif_orientation": item.info.exif_orientation, "sha256": item.info.sha256,
-        "shard": shard, "row": row_number,
+        "shard": shard, "row": row_number, **(item.sample or {}),
     }
     if kind == "descriptors":
         if manifest.get("dim") is None:
@@ -366,14 +370,16 @@ class DecodeAhead:
             self._queue.append(self._pool.submit(self._one, key))
 
     def _one(self, key: int) -> _Decoded:
+        source = self._listing.source(key)
         try:
-            array, info = self._decode(self._listing.path(key), self._input, self._max_pixels)
+            array, info = self._decode(source, self._input, self._max_pixels)
         except ImageError as exc:
             return _Decoded(key, error=str(exc))
+        sample = source.sample_metadata() if isinstance(source, TarMember) else None
         if self._pipeline is None:
-            return _Decoded(key, array, info)
+            return _Decoded(key, array, info, sample=sample)
         output, failure = apply_pipeline(self._pipeline, array)
-        return _Decoded(key, info=info, output=output, failure=failure)
+        return _Decoded(key, info=info, output=output, failure=failure, sample=sample)
 
     def __next__(self) -> _Decoded:
         item = self._queue.popleft().result()

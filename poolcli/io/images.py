@@ -76,6 +76,7 @@ except ImportError:
 from poolcli.config import InputConfig
 from poolcli.errors import ImageError
 from poolcli.io.storage import read_bytes
+from poolcli.io.tars import TarMember
 
 #: Pillow's ``reduce`` shrinks an image (other than a JPEG, which libjpeg shrinks) only by whole
 #: factors that leave at least this many times the target size in each direction, so that the
@@ -180,8 +181,9 @@ def decode(
 
     Parameters
     ----------
-    path : str or path-like
-        An image (PNG, JPEG, BMP, TIFF, WebP, GIF) or ``.npy`` file, recognised by its content.
+    path : str, path-like or TarMember
+        An image (PNG, JPEG, BMP, TIFF, WebP, GIF, AVIF, HEIC) or ``.npy`` file, recognised by
+        its content; or a member of a tar shard (:mod:`poolcli.io.tars`).
     input_config : InputConfig, optional
         Colour, alpha background, resize and interpolation; the defaults when omitted (RGB over
         white, native size). ``.npy`` arrays ignore it: they are taken as they are.
@@ -258,9 +260,12 @@ def probe_shape(path: str | PathLike, input_config: InputConfig | None = None) -
 
 
 def _read_bytes(path) -> bytes:
-    _refuse_special_file(path)
     try:
-        data = read_bytes(path)  # a local path, or an fsspec URL
+        if isinstance(path, TarMember):
+            data = path.read()  # its bytes in the shard, local or remote
+        else:
+            _refuse_special_file(path)
+            data = read_bytes(path)  # a local path, or an fsspec URL
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or _describe(exc)}") from exc
     if not data:

@@ -25,6 +25,7 @@ import numpy as np
 
 from poolcli.errors import OutputError
 from poolcli.io.storage import RemotePath, as_path, readable, remove_tree
+from poolcli.io.tars import SAMPLE_FIELDS
 
 try:
     import fcntl
@@ -105,6 +106,7 @@ def metadata_schema(kind: str):
     ]
     if kind == "maps":
         fields.append(("map_file", pa.string()))
+    fields += [(column, pa.string()) for column, _ in SAMPLE_FIELDS]  # a tar member's .json; else null
     return pa.schema(fields)
 
 
