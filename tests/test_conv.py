@@ -263,7 +263,7 @@ def same_specials_and_close(ours, ref):
 
 
 @needs_torch
-@pytest.mark.parametrize("out_channels", [10, 2])  # the blocked kernel and the narrow one
+@pytest.mark.parametrize("out_channels", [10, 2, 32])  # the blocked kernel, the narrow one, the product
 @pytest.mark.parametrize("taps", [(3, 3), (2, 3), (1, 1), (3, 4)])
 def test_infinities_and_nans_spread_as_in_torch(taps, out_channels):
     # Missing taps of the kernel's last chunk must not be multiplied by zero: 0 * inf is NaN.
@@ -524,3 +524,74 @@ def test_stages_from_the_same_file_are_equal(tmp_path):
     assert build({"filters": "sobel"}) != build({"filters": "scharr"})
 
 
+
+
+# --- every method of the kernels ------------------------------------------------------------------
+
+# (C, H, W), O, kernel, stride, dilation, groups, pads (top, bottom, left, right), padding mode
+METHOD_CASES = [
+    ((20, 17, 23), 24, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),
+    ((8, 30, 19), 40, (7, 7), (2, 2), (1, 1), 1, (3, 3, 3, 3), "zeros"),
+    ((12, 21, 26), 18, (3, 2), (2, 1), (2, 1), 1, (2, 0, 1, 3), "reflect"),
+    ((32, 15, 15), 48, (1, 1), (1, 1), (1, 1), 1, (0, 0, 0, 0), "zeros"),
+    ((32, 15, 16), 20, (1, 1), (2, 2), (1, 1), 1, (0, 0, 0, 0), "zeros"),
+    ((36, 14, 11), 36, (3, 3), (1, 1), (1, 1), 2, (1, 1, 1, 1), "replicate"),
+    ((16, 19, 13), 16, (3, 3), (2, 2), (1, 1), 16, (1, 1, 1, 1), "circular"),
+    ((6, 40, 41), 300, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),  # several tiles and channel parts
+]
+
+
+@pytest.mark.parametrize("case", range(len(METHOD_CASES)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_method_equals_naive_with_residual_and_activation(case, threads):
+    """Each way the kernels compute a convolution (a product for 1x1, im2col products in tiles
+    and channel parts, the blocked and the narrow direct kernels), forced on the same weights,
+    with a residual and an activation in its epilogue, equals the float64 loop."""
+    import numba
+
+    from poolcli.kernels import conv as kernels
+    from poolcli.kernels.elementwise import ACTIVATIONS
+
+    shape, out_c, kernel, stride, dilation, groups, pads, mode = METHOD_CASES[case]
+    rng = np.random.default_rng(case)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal((out_c, shape[0] // groups, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(out_c).astype(np.float32)
+    ref = naive.conv2d(x, weight, bias, stride=stride, padding=pads, padding_mode=mode, dilation=dilation, groups=groups)
+    residual = rng.standard_normal(ref.shape).astype(np.float32)
+    expected = np.maximum(ref + residual, 0)
+    methods = kernels.methods(weight.shape, groups, pads)
+    assert {"direct", "narrow"} <= set(methods)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for method in methods:
+            prepared = kernels.prepare(weight, bias, groups, pads, method)
+            out = kernels.convolve(x.copy(), prepared, pads, mode, stride, dilation, ref.shape[1:], residual=residual,
+                                   activation=(ACTIVATIONS.index("relu"), np.float32(0), np.float32(0)), threads=threads)
+            close(out, expected)
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_the_products_are_tried_where_numpy_has_openblas():
+    from poolcli.kernels import blas
+    from poolcli.kernels import conv as kernels
+
+    assert blas.sgemm() is not None, "NumPy's wheels ship OpenBLAS: its sgemm must be found"
+    assert kernels.methods((64, 64, 3, 3), 1, (1, 1, 1, 1))[0] == "gemm"
+    assert kernels.methods((64, 64, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"
+    assert kernels.methods((32, 1, 3, 3), 32, (1, 1, 1, 1))[0] == "narrow"  # depthwise
+
+
+def test_blas_threads_come_back_after_a_convolution():
+    from poolcli.kernels import blas
+
+    get, put = blas._thread_count()
+    before = get()
+    with blas.one_thread():
+        assert get() == 1
+        with blas.one_thread():
+            assert get() == 1
+        assert get() == 1
+    assert get() == before

@@ -26,10 +26,13 @@ proves that the rows do not overlap and vectorises the pass without run-time ove
 a map's last span keeps the checks).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit, prange
 
-from poolcli.kernels import FASTMATH
+from poolcli.kernels import FASTMATH, blas
+from poolcli.kernels.elementwise import _apply, activate_inplace
 
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
@@ -254,6 +257,124 @@ def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols)
     return out
 
 
+# --- as a matrix product -------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
+def gemm_planes(sgemm, planes, matrix, offsets, grid, tile, parts, gather, workers):
+    """``grid[g * O_g + o, p] = sum_k matrix[g, o, k] * planes[offsets[g, k] + p]``: a grouped
+    convolution as matrix products, by BLAS's ``sgemm`` (:func:`poolcli.kernels.blas.sgemm`)
+    called from each of Numba's threads on its own tasks.
+
+    A task is one group's rows ``[o0, o0 + O_g / parts)`` for output positions ``[p0, p0 +
+    tile)``. With ``gather`` it copies that tile's tap matrix (im2col: ``taps`` rows, each a
+    contiguous run of ``planes``) into its worker's buffer, then multiplies; without, ``planes``
+    already is the (taps, positions) matrix (a 1x1 convolution's map) and ``offsets`` is unused.
+    ``workers`` (Numba's threads) take every ``workers``-th task each, as the tasks are of one
+    size (a kernel that asks Numba for its thread's id cannot be cached).
+    """
+    groups, per_group, taps = matrix.shape
+    positions = grid.shape[1]
+    tiles = (positions + tile - 1) // tile
+    rows = (per_group + parts - 1) // parts
+    tasks = groups * tiles * parts
+    buffers = np.empty((workers, taps * tile if gather else 1), np.float32)
+    for worker in prange(workers):
+        buffer = buffers[worker]
+        for task in range(worker, tasks, workers):
+            i, j, g = task % parts, task // parts % tiles, task // parts // tiles
+            p0, o0 = j * tile, i * rows
+            n, m = min(tile, positions - p0), min(rows, per_group - o0)
+            if m <= 0:
+                continue
+            if gather:
+                for k in range(taps):
+                    start = offsets[g, k] + p0
+                    buffer[k * n : (k + 1) * n] = planes[start : start + n]
+                b, ldb = buffer.ctypes.data, n
+            else:
+                b, ldb = planes[p0:].ctypes.data, positions
+            sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, taps, np.float32(1), matrix[g, o0:].ctypes.data, taps, b, ldb,
+                  np.float32(0), grid[g * per_group + o0, p0:].ctypes.data, positions)
+
+
+ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS's enums
+
+
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
+def finish_grid(grid, bias, residual, code, alpha, beta, out_h, out_w, cols):
+    """(O, out_h * cols) grid of a product -> float32 (O, out_h, out_w): each output row's first
+    ``out_w`` positions, plus the channel's bias, plus ``residual`` (O, out_h, out_w) unless it
+    is empty, through activation ``code`` (an index into ``ACTIVATIONS``, with its parameters):
+    the convolution's epilogue in one pass."""
+    out_c = grid.shape[0]
+    out = np.empty((out_c, out_h, out_w), np.float32)
+    with_residual = residual.size > 0
+    for task in prange(out_c * out_h):
+        o, oy = task // out_h, task % out_h
+        src, dst, b = grid[o, oy * cols :], out[o, oy], bias[o]
+        if with_residual:
+            r = residual[o, oy]
+            for t in range(out_w):
+                dst[t] = _apply(src[t] + b + r[t], code, alpha, beta)
+        else:
+            for t in range(out_w):
+                dst[t] = _apply(src[t] + b, code, alpha, beta)
+    return out
+
+
+TILE = 256  # output positions per task of gemm_planes (its tap matrix then stays in the L2 cache)
+MIN_ROWS = 128  # output channels per task, at the least, where tasks split a group's channels
+
+
+def split_tasks(groups: int, per_group: int, positions: int, threads: int) -> tuple[int, int]:
+    """(tile, parts) of :func:`gemm_planes`: output positions per task, and the parts each
+    group's output channels are split into where there are too few tiles to keep every thread
+    busy. Measured on 3x3 convs of ResNet's sizes and its 7x7 stem (2 threads), tiles of 128 to
+    512 positions and tasks of all of a group's channels ran fastest, 82 to 89 GMAC/s; tasks of
+    16 or 32 channels lost up to 2x."""
+    tiles = -(-positions // TILE)
+    tile = -(-(-(-positions // tiles)) // VECTOR) * VECTOR  # the same count of tiles, evened out
+    parts = 1
+    while groups * tiles * parts < 2 * threads and per_group // (2 * parts) >= MIN_ROWS:
+        parts *= 2
+    return tile, parts
+
+
+def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads):
+    """Grouped 2-D convolution as matrix products: :func:`pad_planes`, then :func:`gemm_planes`
+    into the grid of output positions, then :func:`finish_grid`. ``matrix`` is float32 (groups,
+    O/groups, C/groups * kh * kw), the weights reshaped; ``offsets`` int64 (groups, at least the
+    taps) from :func:`tap_offsets` (only the real taps are read); ``residual`` float32 (O, H',
+    W') or empty; ``activation`` (code, alpha, beta)."""
+    groups, per_group, taps = matrix.shape
+    rows, cols = plane_size(x.shape, pads, stride)
+    out_h, out_w = out_hw
+    positions = out_h * cols
+    planes = pad_planes(x, pads, PADDING_MODES.index(mode), stride, rows, cols, 0)
+    grid = np.empty((groups * per_group, positions), np.float32)
+    tile, parts = split_tasks(groups, per_group, positions, threads)
+    with blas.one_thread():
+        gemm_planes(blas.sgemm(), planes, matrix, offsets, grid, tile, parts, True, threads)
+    return finish_grid(grid, bias, residual, *activation, out_h, out_w, cols)
+
+
+def pointwise(x, matrix, bias, stride, residual, activation, threads):
+    """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
+    map (every stride-th pixel) as a (C, H'W') matrix, then :func:`finish_grid`."""
+    if stride != (1, 1):
+        x = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]])
+    channels, out_h, out_w = x.shape
+    grid = np.empty((matrix.shape[1], out_h * out_w), np.float32)
+    tile, parts = split_tasks(1, matrix.shape[1], out_h * out_w, threads)
+    with blas.one_thread():
+        gemm_planes(blas.sgemm(), x.reshape(-1), matrix, NO_OFFSETS, grid, tile, parts, False, threads)
+    return finish_grid(grid, bias, residual, *activation, out_h, out_w, out_w)
+
+
+NO_OFFSETS = np.zeros((1, 1), np.int64)
+
+
 # --- preparing the weights and offsets (Python) -----------------------------------------------
 
 
@@ -262,15 +383,18 @@ def narrow(weight_shape, groups: int) -> bool:
     return weight_shape[0] // groups < OUT_BLOCK // 2 + 1
 
 
-def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+def pack_weights(weight: np.ndarray, groups: int, narrow_layout: bool | None = None) -> np.ndarray:
     """The weights (O, C/groups, kh, kw) in the layout of the kernel :func:`conv2d` picks: for
     :func:`conv_planes`, float32 (groups, blocks, chunks, OUT_BLOCK, TAPS), each group's output
     channels in blocks and its taps, in (c, ky, kx) order, in chunks, zeros filling both; for
-    :func:`conv_planes_narrow`, (groups, per_group, chunks * NARROW_TAPS)."""
+    :func:`conv_planes_narrow`, (groups, per_group, chunks * NARROW_TAPS). ``narrow_layout``
+    chooses the second (None: as :func:`narrow` says)."""
     out_c, per_channel, kh, kw = weight.shape
     per_group = out_c // groups
     taps = per_channel * kh * kw
-    if narrow(weight.shape, groups):
+    if narrow_layout is None:
+        narrow_layout = narrow(weight.shape, groups)
+    if narrow_layout:
         padded = np.zeros((groups, per_group, -(-taps // NARROW_TAPS) * NARROW_TAPS), np.float32)
         padded[:, :, :taps] = weight.reshape(groups, per_group, taps)
         return padded
@@ -280,10 +404,11 @@ def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(groups, blocks, OUT_BLOCK, chunks, TAPS).transpose(0, 1, 3, 2, 4))
 
 
-def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: int) -> np.ndarray:
+def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: int, chunk: int | None = None) -> np.ndarray:
     """int64 (groups, chunks * TAPS or NARROW_TAPS): the flat index in :func:`pad_planes` output
     that output position 0 reads for each tap of each group; the last chunk's missing taps read
-    the zeros at :func:`zero_start`."""
+    the zeros at :func:`zero_start`. ``chunk``: the taps per chunk (None: as the kernel that
+    :func:`narrow` picks reads them; 1 for :func:`gemm_planes`, which reads only real taps)."""
     _, per_channel, kh, kw = weight_shape
     (sh, sw), (dh, dw) = stride, dilation
     c, ky, kx = (a.ravel() for a in np.meshgrid(np.arange(per_channel), np.arange(kh), np.arange(kw), indexing="ij"))
@@ -291,7 +416,8 @@ def tap_offsets(weight_shape, groups: int, stride, dilation, rows: int, cols: in
     offset = ((c * sh + y % sh) * sw + x % sw) * (rows * cols) + (y // sh) * cols + x // sw
     group_start = np.arange(groups) * (per_channel * sh * sw * rows * cols)
     offsets = group_start[:, None] + offset[None, :]
-    chunk = NARROW_TAPS if narrow(weight_shape, groups) else TAPS
+    if chunk is None:
+        chunk = NARROW_TAPS if narrow(weight_shape, groups) else TAPS
     missing = -(-offset.size // chunk) * chunk - offset.size
     zeros = np.full((groups, missing), zero_start(groups * per_channel, stride, rows, cols))
     return np.ascontiguousarray(np.concatenate([offsets, zeros], axis=1), dtype=np.int64)
@@ -302,18 +428,108 @@ def zero_start(channels: int, stride, rows: int, cols: int) -> int:
     return channels * stride[0] * stride[1] * rows * cols + cols
 
 
-def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw, offsets=None):
+# --- choosing the method ------------------------------------------------------------------------
+
+GEMM_MIN_OUT = 16  # output channels per group from which BLAS's product beats the direct kernels
+GEMM_MIN_TAPS = 16  # taps (C/groups * kh * kw) from which it does
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A convolution's weights in the layout of the method that computes it: ``pointwise`` (a 1x1
+    without padding or groups: one product), ``gemm`` (:func:`conv2d_gemm`), ``direct``
+    (:func:`conv_planes`) or ``narrow`` (:func:`conv_planes_narrow`, for few output channels per
+    group, depthwise convs among them)."""
+
+    method: str
+    shape: tuple[int, int, int, int]  # the weights' (O, C/groups, kh, kw)
+    groups: int
+    data: np.ndarray  # pointwise: (1, O, C); gemm: (groups, O/groups, taps); else pack_weights's
+    bias: np.ndarray  # float32 (O,)
+
+    def tap_offsets(self, stride, dilation, rows: int, cols: int) -> np.ndarray:
+        """:func:`tap_offsets` as this method reads them, for planes of ``rows x cols``."""
+        chunk = {"gemm": 1, "direct": TAPS, "narrow": NARROW_TAPS}[self.method]
+        return tap_offsets(self.shape, self.groups, stride, dilation, rows, cols, chunk)
+
+
+def methods(weight_shape, groups: int, pads) -> list[str]:
+    """The methods that can compute weights (O, C/groups, kh, kw) applied with ``pads``, the one
+    :func:`prepare` picks first (the matrix products only where NumPy's OpenBLAS is found)."""
+    out_c, per_channel, kh, kw = weight_shape
+    products = []
+    if blas.sgemm() is not None:
+        if groups == 1 and (kh, kw) == (1, 1) and tuple(pads) == (0, 0, 0, 0):
+            products.append("pointwise")
+        products.append("gemm")
+    direct = ["narrow", "direct"] if narrow(weight_shape, groups) else ["direct", "narrow"]
+    if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS:
+        return products + direct
+    return direct + products
+
+
+def prepare(weight: np.ndarray, bias: np.ndarray | None, groups: int, pads, method: str | None = None) -> Prepared:
+    """Weights (O, C/groups, kh, kw) applied with ``pads``, in the layout of ``method`` (one of
+    :func:`methods`; None: the first, the fastest)."""
+    out_c, per_channel, kh, kw = weight.shape
+    bias = np.zeros(out_c, np.float32) if bias is None else np.require(bias, np.float32, "CW")
+    method = method or methods(weight.shape, groups, pads)[0]
+    if method == "pointwise":
+        data = weight.reshape(1, out_c, per_channel)
+    elif method == "gemm":
+        data = weight.reshape(groups, out_c // groups, per_channel * kh * kw)
+    elif method == "direct":
+        data = pack_weights(weight, groups, narrow_layout=False)
+    else:
+        data = pack_weights(weight, groups, narrow_layout=True)
+    return Prepared(method, weight.shape, groups, np.ascontiguousarray(data, np.float32), bias)
+
+
+NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
+
+
+def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offsets=None, residual=None,
+             activation=None, threads=1):
+    """``activation(conv(x) + bias + residual)`` of a writable C-contiguous float32 (C, H, W) map
+    by :func:`prepare`'s weights, = torch conv2d after padding ``x`` by ``pads`` (top, bottom,
+    left, right) in ``mode``. ``offsets``: :func:`tap_offsets` for this map's size (computed when
+    None; the pointwise method needs none). ``activation``: (code, alpha, beta), an index into
+    ``ACTIVATIONS`` and its parameters (None: none). ``threads``: the calling thread's Numba
+    threads (the matrix products split their work for as many)."""
+    activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
+    residual = NO_RESIDUAL if residual is None else np.require(residual, np.float32, "C")
+    if prepared.method == "pointwise":
+        return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads)
+    if offsets is None:
+        offsets = prepared.tap_offsets(stride, dilation, *plane_size(x.shape, pads, stride))
+    if prepared.method == "gemm":
+        return conv2d_gemm(x, prepared.data, prepared.bias, pads, mode, stride, out_hw, offsets, residual, activation,
+                           threads)
+    out = conv2d(x, prepared.data, prepared.shape, prepared.bias, pads, mode, stride, dilation, prepared.groups,
+                 out_hw, offsets, narrow_kernel=prepared.method == "narrow")
+    if residual.size:
+        np.add(out, residual, out=out)
+    if activation[0] != 0:
+        activate_inplace(out, *activation)
+    return out
+
+
+def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw, offsets=None,
+           narrow_kernel=None):
     """Grouped 2-D convolution of a float32 (C, H, W) map, = torch conv2d after padding ``x``
     by ``pads`` (top, bottom, left, right) in ``mode`` (torch's name); ``packed`` is
     :func:`pack_weights` of the (O, C/groups, kh, kw) weights, ``offsets`` :func:`tap_offsets`
-    for this map's size (computed when None). Returns float32 (O, H', W')."""
+    for this map's size (computed when None), ``narrow_kernel`` the kernel (None: as :func:`narrow`
+    says; ``packed`` and ``offsets`` must be laid out for it). Returns float32 (O, H', W')."""
     (top, bottom, left, right), (sh, sw) = pads, stride
     rows, cols = plane_size(x.shape, pads, stride)
     positions = out_hw[0] * cols  # the zeros a padding tap reads: one per output position
     planes = pad_planes(x, (top, bottom, left, right), PADDING_MODES.index(mode), (sh, sw), rows, cols, positions)
+    if narrow_kernel is None:
+        narrow_kernel = narrow(weight_shape, groups)
     if offsets is None:
-        offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols)
-    kernel = conv_planes_narrow if narrow(weight_shape, groups) else conv_planes
+        offsets = tap_offsets(weight_shape, groups, stride, dilation, rows, cols, NARROW_TAPS if narrow_kernel else TAPS)
+    kernel = conv_planes_narrow if narrow_kernel else conv_planes
     return kernel(planes, packed, offsets, bias, weight_shape[0], out_hw[0], out_hw[1], cols)
 
 

@@ -407,50 +407,31 @@ class Conv(Stage):
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
         # read-only arrays apart).
-        if self._weights is not None and self.kernel == (1, 1) and self.groups == 1 and pads == (0, 0, 0, 0):
-            out = self._pointwise(x, out_h, out_w)
-        else:
-            x = np.require(x, np.float32, "CW")
-            packed, weight_shape, offsets, bias = self._prepared(x.shape, pads)
-            out = kernels.conv2d(x, packed, weight_shape, bias, pads, self.padding_mode, self.stride, self.dilation,
-                                 self.groups_for(len(x)), (out_h, out_w), offsets)
-        if residual is not None:
-            np.add(out, residual, out=out)
-        return self.activation.apply(out, inplace=True)
-
-    def _pointwise(self, x, out_h, out_w):
-        """A 1x1 convolution without padding or groups: one matrix product (O, C) @ (C, H'W') of
-        the map (every stride-th pixel), which BLAS's sgemm computes 1.1x to 3x faster than the
-        conv kernel (in-process A/B, 2 threads, C -> O at H x W: 256 -> 64 at 128x128 7.4 -> 4.9
-        ms; 1024 -> 256 at 32x32 6.5 -> 3.3 ms; 2048 -> 512 at 16x16 9.1 -> 3.1 ms)."""
-        weights = self._weights.array
-        if self.stride != (1, 1):
-            x = x[:, :: self.stride[0], :: self.stride[1]]
-        columns = np.ascontiguousarray(x, np.float32).reshape(x.shape[0], -1)
-        out = np.matmul(weights.reshape(weights.shape[0], -1), columns)
-        if self._bias is not None:
-            out += self._bias.array[:, None]
-        return out.reshape(len(weights), out_h, out_w)
+        x = np.require(x, np.float32, "CW")
+        prepared, offsets = self._prepared(x.shape, pads)
+        fused = self.activation.kernel_arguments
+        out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, (out_h, out_w),
+                               offsets, residual, fused, threads=_kernel_threads())
+        return out if fused is not None else self.activation.apply(out, inplace=True)
 
     def _prepared(self, shape, pads):
-        """What the kernel needs besides the map, kept between calls: the weights in its layout,
-        their shape and the bias (per channel count), its tap offsets (per map size)."""
+        """What the kernel needs besides the map, kept between calls: the weights in the layout
+        of the method that computes them (per channel count and padding) and, where that method
+        reads taps, their offsets (per map size)."""
         channels = shape[0]  # 1 after the channel mean
 
-        def pack():
-            weights = self.weights(channels)
-            bias = np.zeros(len(weights), np.float32) if self._bias is None else self._bias.array
-            packed = kernels.pack_weights(weights, self.groups_for(channels))
-            return packed, weights.shape, np.require(bias, np.float32, "CW")
+        def prepare():
+            bias = None if self._bias is None else self._bias.array
+            return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads)
 
-        packed, weight_shape, bias = self._derive(("weights", channels), pack)
+        prepared = self._derive(("weights", channels, pads), prepare)
+        if prepared.method == "pointwise":
+            return prepared, None
 
         def tap_offsets():
-            plane = kernels.plane_size(shape, pads, self.stride)
-            return kernels.tap_offsets(weight_shape, self.groups_for(channels), self.stride, self.dilation, *plane)
+            return prepared.tap_offsets(self.stride, self.dilation, *kernels.plane_size(shape, pads, self.stride))
 
-        offsets = self._derive(("offsets", tuple(shape), pads), tap_offsets)
-        return packed, weight_shape, offsets, bias
+        return prepared, self._derive(("offsets", tuple(shape), pads), tap_offsets)
 
     def _derive(self, key, compute):
         """``compute()``, kept under ``key`` between calls (sizes vary from image to image: the
@@ -589,7 +570,7 @@ class ConvTranspose(Stage):
 
     def _conv_weights(self):
         """The weights of the equivalent convolution, (O, C_in/groups, kh, kw): each group's
-        transposed and flipped, packed for the kernel, and the bias (built once)."""
+        transposed and flipped, prepared for the kernel with the bias (built once)."""
 
         def build():
             w = self._weights.array
@@ -598,8 +579,8 @@ class ConvTranspose(Stage):
             grouped = w.reshape(self.groups, per_group_in, per_group_out, kh, kw)
             conv = grouped.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1].reshape(self.out_channels, per_group_in, kh, kw)
             conv = np.ascontiguousarray(conv, np.float32)
-            bias = np.zeros(self.out_channels, np.float32) if self._bias is None else self._bias.array
-            return kernels.pack_weights(conv, self.groups), conv.shape, np.require(bias, np.float32, "CW")
+            bias = None if self._bias is None else self._bias.array
+            return kernels.prepare(conv, bias, self.groups, (0, 0, 0, 0))
 
         cached = self._derived.get("weights")
         if cached is None:
@@ -621,7 +602,14 @@ class ConvTranspose(Stage):
         spread[:, max(0, before_h) : max(0, before_h) + rows : sh, max(0, before_w) : max(0, before_w) + cols : sw] = x
         spread = np.ascontiguousarray(spread[:, max(0, -before_h) : spread.shape[1] - max(0, -after_h),
                                              max(0, -before_w) : spread.shape[2] - max(0, -after_w)])
-        packed, weight_shape, bias = self._conv_weights()
-        out = kernels.conv2d(spread, packed, weight_shape, bias, (0, 0, 0, 0), "zeros", (1, 1), self.dilation,
-                             self.groups, (out_h, out_w))
-        return self.activation.apply(out, inplace=True)
+        fused = self.activation.kernel_arguments
+        out = kernels.convolve(spread, self._conv_weights(), (0, 0, 0, 0), "zeros", (1, 1), self.dilation,
+                               (out_h, out_w), activation=fused, threads=_kernel_threads())
+        return out if fused is not None else self.activation.apply(out, inplace=True)
+
+
+def _kernel_threads() -> int:
+    """The threads Numba gives the calling thread: the convolution's products use as many."""
+    import numba
+
+    return numba.get_num_threads()

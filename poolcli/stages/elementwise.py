@@ -74,6 +74,14 @@ class Activation(Model):
         beta = self.beta if self.beta is not None else defaults.get("beta", 0.0)
         return np.float32(alpha), np.float32(beta)
 
+    @property
+    def kernel_arguments(self) -> tuple[int, np.float32, np.float32] | None:
+        """(code, alpha, beta) for a kernel that applies the function itself (a conv's epilogue),
+        or None for prelu, whose slope is an array: the caller applies it after."""
+        if self.fn == "prelu":
+            return None
+        return (kernels.ACTIVATIONS.index(self.fn), *self.arguments)
+
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """ShapeError where prelu's slope does not broadcast to ``shape`` (keeping it)."""
         if self._slope is None:
