@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from poolcli.heap import keep_freed_memory
 from poolcli.config import PipelineConfig, line_of, load_config, open_weights, read_config_file
 from poolcli.errors import ConfigError, ShapeError
 from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
@@ -67,6 +68,7 @@ class Pipeline:
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
         self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
+        keep_freed_memory()  # the maps of one image reuse the memory of the last one's
         if config.multiscale and self.kind != "descriptors":
             raise ConfigError(
                 "multiscale: applies to pipelines that end in a descriptor; this one writes feature maps",

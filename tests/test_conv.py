@@ -538,6 +538,12 @@ METHOD_CASES = [
     ((36, 14, 11), 36, (3, 3), (1, 1), (1, 1), 2, (1, 1, 1, 1), "replicate"),
     ((16, 19, 13), 16, (3, 3), (2, 2), (1, 1), 16, (1, 1, 1, 1), "circular"),
     ((6, 40, 41), 300, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),  # several tiles and channel parts
+    # depthwise: strided, dilated with two outputs per channel, asymmetric pads, several bands of rows
+    ((24, 37, 29), 24, (3, 3), (2, 2), (1, 1), 24, (1, 1, 1, 1), "zeros"),
+    ((10, 23, 30), 20, (5, 5), (1, 1), (2, 2), 10, (4, 4, 4, 4), "reflect"),
+    ((8, 16, 17), 8, (3, 3), (2, 2), (1, 1), 8, (0, 1, 0, 1), "zeros"),
+    ((4, 700, 8), 4, (3, 3), (1, 1), (1, 1), 4, (1, 1, 1, 1), "replicate"),
+    ((6, 12, 13), 6, (7, 7), (1, 1), (1, 1), 6, (3, 3, 3, 3), "circular"),
 ]
 
 
@@ -581,7 +587,9 @@ def test_the_products_are_tried_where_numpy_has_openblas():
     assert blas.sgemm() is not None, "NumPy's wheels ship OpenBLAS: its sgemm must be found"
     assert kernels.methods((64, 64, 3, 3), 1, (1, 1, 1, 1))[0] == "gemm"
     assert kernels.methods((64, 64, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"
-    assert kernels.methods((32, 1, 3, 3), 32, (1, 1, 1, 1))[0] == "narrow"  # depthwise
+    assert kernels.methods((32, 1, 3, 3), 32, (1, 1, 1, 1))[0] == "depthwise"
+    assert kernels.methods((64, 1, 5, 5), 32, (2, 2, 2, 2))[0] == "depthwise"  # two outputs per channel
+    assert kernels.methods((32, 2, 3, 3), 16, (1, 1, 1, 1))[0] == "narrow"
 
 
 def test_blas_threads_come_back_after_a_convolution():

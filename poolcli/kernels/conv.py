@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from poolcli.kernels import FASTMATH, blas
-from poolcli.kernels.elementwise import _apply, activate_inplace
+from poolcli.kernels.elementwise import activate_inplace, activate_row
 
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
@@ -48,7 +48,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # --- the polyphase padded input ----------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _source(i, size, before, mode):
     """The index along an axis of ``size`` that padded index ``i`` reads (``before`` padding in
     front), or -1 where it is a zero; torch's padding modes (their pads never exceed the size)."""
@@ -93,7 +93,7 @@ def pad_planes(x, pads, mode, stride, rows, cols, zeros):
     return out
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _pad_row(dst, row, inside, px, sw, left, w, padded_w, mode):
     """One row of a polyphase plane: padded columns ``j * sw + px`` of ``row`` (zeros for a row
     outside the map: ``inside`` False)."""
@@ -257,83 +257,220 @@ def conv_planes_narrow(planes, packed, offsets, bias, out_c, out_h, out_w, cols)
     return out
 
 
+# --- depthwise --------------------------------------------------------------------------------
+
+DEPTHWISE_GRID = 16384  # grid positions per task of depthwise, about (whole output rows)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
+def depthwise(x, weight, bias, pads, mode, stride, dilation, residual, code, alpha, beta, out):
+    """``out[o] = act(sum_{ky, kx} weight[o, ky, kx] * padded(x)[o // m, oy * sh + ky * dh, ox * sw
+    + kx * dw] + bias[o] + residual[o])``: a convolution of one input channel per group (depthwise,
+    ``m = O / C`` outputs per channel), with its epilogue, in one pass over the map.
+
+    A task is a band of output rows of one output channel. It pads the input rows the band
+    reads (in ``mode``, an index into ``PADDING_MODES``) into polyphase planes of its own, as
+    :func:`pad_planes` lays out a whole map, so that each tap reads a contiguous run for
+    consecutive grid positions, rows after rows (runs of hundreds, where a row of a late
+    layer's 14x14 map would be a loop of 14). Then, ``SPAN`` positions at a time, it sums the
+    taps into an accumulator in L1 and hands it to :func:`_epilogue` (bias, ``residual`` (O, H',
+    W'; empty for none), activation, the dropped columns left out). The map is read about once
+    and the output written once: no padded copy of the whole map, no separate passes.
+    """
+    channels, h, w = x.shape
+    out_c, kh, kw = weight.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    top, left = pads[0], pads[2]
+    sh, sw = stride
+    dh, dw = dilation
+    per_channel = out_c // channels
+    padded_w = w + pads[2] + pads[3]
+    padded_h = h + pads[0] + pads[1]
+    cols = (padded_w + sw - 1) // sw
+    band = max(1, min(out_h, DEPTHWISE_GRID // cols))
+    bands = (out_h + band - 1) // band
+    rows = band + (kh - 1) * dh // sh + 1  # plane rows a band reads, at the most
+    plane = rows * cols
+    # Small maps: a task takes several channels, so that its buffers and launch serve more work.
+    group = max(1, DEPTHWISE_GRID // (out_h * cols)) if bands == 1 else 1
+    tasks = (out_c + group - 1) // group * bands
+    with_residual = residual.size > 0
+    for task in prange(tasks):
+        planes = np.empty(sh * sw * plane + cols, np.float32)
+        planes[sh * sw * plane :] = 0  # what the dropped columns of the last plane row read
+        acc = _aligned_zeros(SPAN)
+        r0 = task % bands * band
+        r1 = min(out_h, r0 + band)
+        positions = (r1 - r0) * cols
+        for o in range(task // bands * group, min(out_c, (task // bands + 1) * group)):
+            c = o // per_channel
+            for py in range(sh):
+                for i in range(rows):
+                    y = (r0 + i) * sh + py
+                    r = _source(y, h, top, mode) if y < padded_h else -1
+                    for px in range(sw):
+                        start = (py * sw + px) * plane + i * cols
+                        _pad_row(planes[start : start + cols], x[c, r] if r >= 0 else x[c, 0], r >= 0, px, sw, left,
+                                 w, padded_w, mode)
+            dst = out[o, r0:r1]
+            extra = residual[o, r0:r1] if with_residual else dst
+            for p0 in range(0, positions, SPAN):
+                n = min(SPAN, positions - p0)
+                acc[:] = 0
+                for ky in range(kh):
+                    _depthwise_row(acc, n, planes, weight[o, ky], ky * dh, dw, sh, sw, plane, cols, p0)
+                _epilogue(dst, acc[:n], bias[o], extra, with_residual, p0, cols, code, alpha, beta)
+    return out
+
+
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
+def _depthwise_row(acc, n, planes, taps, y, dw, sh, sw, plane, cols, p0):
+    """``acc[:n] += sum_kx taps[kx] * (the run that tap (y, kx * dw) reads from grid position p0)``:
+    one row of a depthwise kernel, its 3, 5 or 7 taps in one pass (each pass loads and stores
+    the accumulator: a pass per tap made a 5x5 kernel load-bound), others a pass per tap."""
+    kw = taps.size
+    base = ((y % sh) * sw) * plane + (y // sh) * cols + p0
+
+    def start(kx):
+        col = kx * dw
+        return base + (col % sw) * plane + col // sw
+
+    if kw == 3:
+        w0, w1, w2 = taps[0], taps[1], taps[2]
+        s0, s1, s2 = planes[start(0):], planes[start(1):], planes[start(2):]
+        for t in range(n):
+            acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t]
+    elif kw == 5:
+        w0, w1, w2, w3, w4 = taps[0], taps[1], taps[2], taps[3], taps[4]
+        s0, s1, s2, s3, s4 = planes[start(0):], planes[start(1):], planes[start(2):], planes[start(3):], planes[start(4):]
+        for t in range(n):
+            acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t] + w4 * s4[t]
+    elif kw == 7:
+        w0, w1, w2, w3, w4, w5, w6 = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5], taps[6]
+        s0, s1, s2, s3 = planes[start(0):], planes[start(1):], planes[start(2):], planes[start(3):]
+        s4, s5, s6 = planes[start(4):], planes[start(5):], planes[start(6):]
+        for t in range(n):
+            acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t] + w4 * s4[t] + w5 * s5[t] + w6 * s6[t]
+    else:
+        for kx in range(kw):
+            tap, src = taps[kx], planes[start(kx):]
+            for t in range(n):
+                acc[t] += tap * src[t]
+
+
 # --- as a matrix product -------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def gemm_planes(sgemm, planes, matrix, offsets, grid, tile, parts, gather, workers):
-    """``grid[g * O_g + o, p] = sum_k matrix[g, o, k] * planes[offsets[g, k] + p]``: a grouped
-    convolution as matrix products, by BLAS's ``sgemm`` (:func:`poolcli.kernels.blas.sgemm`)
-    called from each of Numba's threads on its own tasks.
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
+def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, beta, out, cols, tile, parts, gather,
+                workers):
+    """``out[g * O_g + o] = act(sum_k matrix[g, o, k] * planes[offsets[g, k] + p] + bias + residual)``
+    for each grid position ``p = oy * cols + ox`` with ``ox < out_w``: a grouped convolution as
+    matrix products by BLAS's ``sgemm`` (:func:`poolcli.kernels.blas.sgemm`), called from each of
+    Numba's threads on its own tasks, with its epilogue.
 
-    A task is one group's rows ``[o0, o0 + O_g / parts)`` for output positions ``[p0, p0 +
-    tile)``. With ``gather`` it copies that tile's tap matrix (im2col: ``taps`` rows, each a
-    contiguous run of ``planes``) into its worker's buffer, then multiplies; without, ``planes``
-    already is the (taps, positions) matrix (a 1x1 convolution's map) and ``offsets`` is unused.
+    A task is one group's rows ``[o0, o0 + O_g / parts)`` for grid positions ``[p0, p0 + tile)``.
+    With ``gather`` it copies that tile's tap matrix (im2col: ``taps`` rows, each a contiguous run
+    of ``planes``) into its worker's buffer, then multiplies; without, ``planes`` already is the
+    (taps, positions) matrix (a 1x1 convolution's map) and ``offsets`` is unused. The product
+    goes straight into ``out`` where the grid has no dropped columns (``cols == out_w``), else into
+    the worker's tile of the grid; either way, while the tile is still in cache, the epilogue adds
+    the bias and ``residual`` (O, out_h, out_w; empty for none), applies activation ``code`` (an
+    index into ``ACTIVATIONS``, with ``alpha`` and ``beta``) and writes each output row's first
+    ``out_w`` positions: no grid of the whole map, and no second pass over it.
+
     ``workers`` (Numba's threads) take every ``workers``-th task each, as the tasks are of one
     size (a kernel that asks Numba for its thread's id cannot be cached).
     """
     groups, per_group, taps = matrix.shape
-    positions = grid.shape[1]
+    out_h, out_w = out.shape[1], out.shape[2]
+    positions = out_h * cols
     tiles = (positions + tile - 1) // tile
     rows = (per_group + parts - 1) // parts
     tasks = groups * tiles * parts
-    buffers = np.empty((workers, taps * tile if gather else 1), np.float32)
+    in_place = cols == out_w
+    with_residual = residual.size > 0
+    flat = out.reshape(out.shape[0], out_h * out_w)  # the grid itself where in_place
+    images = np.empty((workers, taps * tile if gather else 1), np.float32)
+    products = np.empty((workers, 1 if in_place else rows * tile), np.float32)
     for worker in prange(workers):
-        buffer = buffers[worker]
+        image, product = images[worker], products[worker]
         for task in range(worker, tasks, workers):
             i, j, g = task % parts, task // parts % tiles, task // parts // tiles
             p0, o0 = j * tile, i * rows
             n, m = min(tile, positions - p0), min(rows, per_group - o0)
             if m <= 0:
                 continue
+            first = g * per_group + o0  # the task's first output channel
             if gather:
                 for k in range(taps):
                     start = offsets[g, k] + p0
-                    buffer[k * n : (k + 1) * n] = planes[start : start + n]
-                b, ldb = buffer.ctypes.data, n
+                    image[k * n : (k + 1) * n] = planes[start : start + n]
+                b, ldb = image.ctypes.data, n
             else:
                 b, ldb = planes[p0:].ctypes.data, positions
+            if in_place:
+                c, ldc = flat[first, p0:].ctypes.data, positions
+            else:
+                c, ldc = product.ctypes.data, n
             sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, taps, np.float32(1), matrix[g, o0:].ctypes.data, taps, b, ldb,
-                  np.float32(0), grid[g * per_group + o0, p0:].ctypes.data, positions)
+                  np.float32(0), c, ldc)
+            for q in range(m):
+                o = first + q
+                src = flat[o, p0 : p0 + n] if in_place else product[q * n : (q + 1) * n]
+                _epilogue(out[o], src, bias[o], residual[o] if with_residual else out[o], with_residual, p0,
+                          cols, code, alpha, beta)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
+def _epilogue(out_plane, src, bias, residual_plane, with_residual, p0, cols, code, alpha, beta):
+    """One output channel's positions ``[p0, p0 + src.size)`` of the grid: each output row's part
+    of them less the dropped columns, plus ``bias`` and the residual, through the activation.
+    ``src`` may be the very positions of ``out_plane`` (a product written in place)."""
+    out_w = out_plane.shape[1]
+    n = src.size
+    oy = p0 // cols
+    while oy * cols < p0 + n:
+        lo = max(p0, oy * cols)
+        hi = min(p0 + n, oy * cols + out_w)
+        if hi > lo:
+            dst, s = out_plane[oy, lo - oy * cols : hi - oy * cols], src[lo - p0 : hi - p0]
+            if with_residual:
+                r = residual_plane[oy, lo - oy * cols : hi - oy * cols]
+                for t in range(hi - lo):
+                    dst[t] = s[t] + bias + r[t]
+            else:
+                for t in range(hi - lo):
+                    dst[t] = s[t] + bias
+            activate_row(dst, code, alpha, beta)
+        oy += 1
 
 
 ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS's enums
 
 
-@njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
-def finish_grid(grid, bias, residual, code, alpha, beta, out_h, out_w, cols):
-    """(O, out_h * cols) grid of a product -> float32 (O, out_h, out_w): each output row's first
-    ``out_w`` positions, plus the channel's bias, plus ``residual`` (O, out_h, out_w) unless it
-    is empty, through activation ``code`` (an index into ``ACTIVATIONS``, with its parameters):
-    the convolution's epilogue in one pass."""
-    out_c = grid.shape[0]
-    out = np.empty((out_c, out_h, out_w), np.float32)
-    with_residual = residual.size > 0
-    for task in prange(out_c * out_h):
-        o, oy = task // out_h, task % out_h
-        src, dst, b = grid[o, oy * cols :], out[o, oy], bias[o]
-        if with_residual:
-            r = residual[o, oy]
-            for t in range(out_w):
-                dst[t] = _apply(src[t] + b + r[t], code, alpha, beta)
-        else:
-            for t in range(out_w):
-                dst[t] = _apply(src[t] + b, code, alpha, beta)
-    return out
-
-
-TILE = 256  # output positions per task of gemm_planes (its tap matrix then stays in the L2 cache)
+TILE = 256  # output positions per task of gemm_planes, at the least
 MIN_ROWS = 128  # output channels per task, at the least, where tasks split a group's channels
+TASK_MACS = 1 << 21  # multiply-adds per task, at the least, where the tile allows: a call of
+# sgemm costs microseconds besides its work, which a product of few channels does not cover
+TILE_BYTES = 384 << 10  # a task's tap matrix and product, at the most: they stay in the L2 cache
 
 
-def split_tasks(groups: int, per_group: int, positions: int, threads: int) -> tuple[int, int]:
+def split_tasks(groups: int, per_group: int, taps: int, positions: int, threads: int) -> tuple[int, int]:
     """(tile, parts) of :func:`gemm_planes`: output positions per task, and the parts each
     group's output channels are split into where there are too few tiles to keep every thread
-    busy. Measured on 3x3 convs of ResNet's sizes and its 7x7 stem (2 threads), tiles of 128 to
-    512 positions and tasks of all of a group's channels ran fastest, 82 to 89 GMAC/s; tasks of
-    16 or 32 channels lost up to 2x."""
-    tiles = -(-positions // TILE)
+    busy.
+
+    Measured on 3x3 convs of ResNet's sizes and its 7x7 stem (2 threads), tiles of 128 to 512
+    positions and tasks of all of a group's channels ran fastest, 82 to 89 GMAC/s; tasks of 16
+    or 32 channels lost up to 2x. Products of few channels and taps (MobileNet's 1x1 convs of
+    16 to 144 channels) take longer tiles, up to :data:`TASK_MACS` multiply-adds while the tile's
+    matrices fit :data:`TILE_BYTES`, and as long as every thread still gets two tasks."""
+    tile = TILE
+    longest = min(TASK_MACS // max(1, per_group * taps), TILE_BYTES // (4 * (taps + per_group)),
+                  -(-positions // (2 * threads)))
+    tile = max(tile, longest)
+    tiles = -(-positions // tile)
     tile = -(-(-(-positions // tiles)) // VECTOR) * VECTOR  # the same count of tiles, evened out
     parts = 1
     while groups * tiles * parts < 2 * threads and per_group // (2 * parts) >= MIN_ROWS:
@@ -342,8 +479,8 @@ def split_tasks(groups: int, per_group: int, positions: int, threads: int) -> tu
 
 
 def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads):
-    """Grouped 2-D convolution as matrix products: :func:`pad_planes`, then :func:`gemm_planes`
-    into the grid of output positions, then :func:`finish_grid`. ``matrix`` is float32 (groups,
+    """Grouped 2-D convolution as matrix products, with its epilogue: :func:`pad_planes`, then
+    :func:`gemm_planes`. ``matrix`` is float32 (groups,
     O/groups, C/groups * kh * kw), the weights reshaped; ``offsets`` int64 (groups, at least the
     taps) from :func:`tap_offsets` (only the real taps are read); ``residual`` float32 (O, H',
     W') or empty; ``activation`` (code, alpha, beta)."""
@@ -352,24 +489,26 @@ def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, 
     out_h, out_w = out_hw
     positions = out_h * cols
     planes = pad_planes(x, pads, PADDING_MODES.index(mode), stride, rows, cols, 0)
-    grid = np.empty((groups * per_group, positions), np.float32)
-    tile, parts = split_tasks(groups, per_group, positions, threads)
+    out = np.empty((groups * per_group, out_h, out_w), np.float32)
+    tile, parts = split_tasks(groups, per_group, taps, positions, threads)
     with blas.one_thread():
-        gemm_planes(blas.sgemm(), planes, matrix, offsets, grid, tile, parts, True, threads)
-    return finish_grid(grid, bias, residual, *activation, out_h, out_w, cols)
+        gemm_planes(blas.sgemm(), planes, matrix, offsets, bias, residual, *activation, out, cols, tile, parts, True,
+                    threads)
+    return out
 
 
 def pointwise(x, matrix, bias, stride, residual, activation, threads):
     """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
-    map (every stride-th pixel) as a (C, H'W') matrix, then :func:`finish_grid`."""
+    map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue."""
     if stride != (1, 1):
         x = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]])
     channels, out_h, out_w = x.shape
-    grid = np.empty((matrix.shape[1], out_h * out_w), np.float32)
-    tile, parts = split_tasks(1, matrix.shape[1], out_h * out_w, threads)
+    out = np.empty((matrix.shape[1], out_h, out_w), np.float32)
+    tile, parts = split_tasks(1, matrix.shape[1], matrix.shape[2], out_h * out_w, threads)
     with blas.one_thread():
-        gemm_planes(blas.sgemm(), x.reshape(-1), matrix, NO_OFFSETS, grid, tile, parts, False, threads)
-    return finish_grid(grid, bias, residual, *activation, out_h, out_w, out_w)
+        gemm_planes(blas.sgemm(), x.reshape(-1), matrix, NO_OFFSETS, bias, residual, *activation, out, out_w, tile,
+                    parts, False, threads)
+    return out
 
 
 NO_OFFSETS = np.zeros((1, 1), np.int64)
@@ -430,6 +569,7 @@ def zero_start(channels: int, stride, rows: int, cols: int) -> int:
 
 # --- choosing the method ------------------------------------------------------------------------
 
+DEPTHWISE_MAX_PER_CHANNEL = 4  # outputs per input channel up to which a depthwise conv runs as one
 GEMM_MIN_OUT = 16  # output channels per group from which BLAS's product beats the direct kernels
 GEMM_MIN_TAPS = 16  # taps (C/groups * kh * kw) from which it does
 
@@ -437,14 +577,14 @@ GEMM_MIN_TAPS = 16  # taps (C/groups * kh * kw) from which it does
 @dataclass(frozen=True)
 class Prepared:
     """A convolution's weights in the layout of the method that computes it: ``pointwise`` (a 1x1
-    without padding or groups: one product), ``gemm`` (:func:`conv2d_gemm`), ``direct``
-    (:func:`conv_planes`) or ``narrow`` (:func:`conv_planes_narrow`, for few output channels per
-    group, depthwise convs among them)."""
+    without padding or groups: one product), ``gemm`` (:func:`conv2d_gemm`), ``depthwise``
+    (:func:`depthwise`: one input channel per group), ``direct`` (:func:`conv_planes`) or
+    ``narrow`` (:func:`conv_planes_narrow`, for few output channels per group)."""
 
     method: str
     shape: tuple[int, int, int, int]  # the weights' (O, C/groups, kh, kw)
     groups: int
-    data: np.ndarray  # pointwise: (1, O, C); gemm: (groups, O/groups, taps); else pack_weights's
+    data: np.ndarray  # pointwise: (1, O, C); gemm: (groups, O/groups, taps); depthwise: (O, kh, kw); else pack_weights's
     bias: np.ndarray  # float32 (O,)
 
     def tap_offsets(self, stride, dilation, rows: int, cols: int) -> np.ndarray:
@@ -457,6 +597,8 @@ def methods(weight_shape, groups: int, pads) -> list[str]:
     """The methods that can compute weights (O, C/groups, kh, kw) applied with ``pads``, the one
     :func:`prepare` picks first (the matrix products only where NumPy's OpenBLAS is found)."""
     out_c, per_channel, kh, kw = weight_shape
+    if per_channel == 1 and groups > 1 and out_c // groups <= DEPTHWISE_MAX_PER_CHANNEL:
+        return ["depthwise", "narrow", "direct"]
     products = []
     if blas.sgemm() is not None:
         if groups == 1 and (kh, kw) == (1, 1) and tuple(pads) == (0, 0, 0, 0):
@@ -478,6 +620,8 @@ def prepare(weight: np.ndarray, bias: np.ndarray | None, groups: int, pads, meth
         data = weight.reshape(1, out_c, per_channel)
     elif method == "gemm":
         data = weight.reshape(groups, out_c // groups, per_channel * kh * kw)
+    elif method == "depthwise":
+        data = weight.reshape(out_c, kh, kw)
     elif method == "direct":
         data = pack_weights(weight, groups, narrow_layout=False)
     else:
@@ -493,13 +637,17 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     """``activation(conv(x) + bias + residual)`` of a writable C-contiguous float32 (C, H, W) map
     by :func:`prepare`'s weights, = torch conv2d after padding ``x`` by ``pads`` (top, bottom,
     left, right) in ``mode``. ``offsets``: :func:`tap_offsets` for this map's size (computed when
-    None; the pointwise method needs none). ``activation``: (code, alpha, beta), an index into
+    None; the pointwise and depthwise methods need none). ``activation``: (code, alpha, beta), an index into
     ``ACTIVATIONS`` and its parameters (None: none). ``threads``: the calling thread's Numba
     threads (the matrix products split their work for as many)."""
     activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
     residual = NO_RESIDUAL if residual is None else np.require(residual, np.float32, "C")
     if prepared.method == "pointwise":
         return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads)
+    if prepared.method == "depthwise":
+        out = np.empty((prepared.shape[0], *out_hw), np.float32)
+        return depthwise(x, prepared.data, prepared.bias, tuple(pads), PADDING_MODES.index(mode),
+                         stride, dilation, residual, *activation, out)
     if offsets is None:
         offsets = prepared.tap_offsets(stride, dilation, *plane_size(x.shape, pads, stride))
     if prepared.method == "gemm":

@@ -425,7 +425,7 @@ class Conv(Stage):
             return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads)
 
         prepared = self._derive(("weights", channels, pads), prepare)
-        if prepared.method == "pointwise":
+        if prepared.method in ("pointwise", "depthwise"):  # they read the map itself
             return prepared, None
 
         def tap_offsets():
