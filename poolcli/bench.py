@@ -11,6 +11,7 @@ the same way, so the gap between it and the sum of the stages is the pipeline's 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class BenchResult:
     stages: list[StageTime]
     pipeline: StageTime  # one whole Pipeline call: the stages plus its own overhead
     threads: int
+    parallelism: "Parallelism | None" = None  # how run would split the cores, measured (threads not given)
 
     @property
     def stage_total(self) -> float:
@@ -75,7 +77,8 @@ def median_time(call: Callable[[], object], repeats: int, min_seconds: float) ->
 def bench(pipeline: Pipeline, shape: tuple[int, int, int] | None = None, image: str | Path | None = None,
           threads: int | None = None, repeats: int = 5, min_seconds: float = 0.2, seed: int = 0) -> BenchResult:
     """Time ``pipeline`` on a random map of ``shape`` (C, H, W), or on ``image`` decoded as a run
-    decodes it; one of the two is required. ``threads``: kernel threads (default: every core).
+    decodes it; one of the two is required. ``threads``: kernel threads (default: every core,
+    and then how ``run`` would split the cores is measured as well, :func:`plan_parallelism`).
     Raises :class:`ShapeError` if the input does not fit."""
     from poolcli.io.images import decode
     from poolcli.kernels import set_threads  # before numba: it sets Numba's cache folder and vector width
@@ -101,4 +104,78 @@ def bench(pipeline: Pipeline, shape: tuple[int, int, int] | None = None, image: 
         stages.append(StageTime(node.name, node.stage.type, tuple(values[node.name].shape), *seconds))
     out = pipeline(x)
     whole = StageTime("pipeline", "whole call", tuple(out.shape), *median_time(lambda: pipeline(x), repeats, min_seconds))
-    return BenchResult(tuple(x.shape), load, stages, whole, numba.get_num_threads())
+    used = numba.get_num_threads()
+    parallelism = None
+    if threads is None and used > 1:
+        from poolcli.runner import kernels_threadsafe
+
+        if kernels_threadsafe():
+            parallelism = plan_parallelism(pipeline, x, used)
+    return BenchResult(tuple(x.shape), load, stages, whole, used, parallelism)
+
+
+# --- how a run splits the cores ------------------------------------------------------------------
+
+#: One image on every core is chosen unless images side by side are this much faster: it holds
+#: one image's maps instead of one per core, and finishes each image sooner.
+SIDE_BY_SIDE_GAIN = 1.1
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How a run splits the cores: ``workers`` images at once, each on ``threads`` kernel
+    threads, with the images per second measured both ways (``side_by_side``: an image per
+    core; ``together``: one image on every core)."""
+
+    workers: int
+    threads: int
+    side_by_side: float
+    together: float
+
+    def describe(self) -> str:
+        if self.workers > 1:
+            chosen = f"{self.workers} images at once, 1 kernel thread each"
+            other = f"one image on {self.workers} threads: {self.together:.2f}"
+            rate = self.side_by_side
+        else:
+            chosen = f"one image at a time on {self.threads} kernel threads"
+            other = f"{self.threads} images at once: {self.side_by_side:.2f}"
+            rate = self.together
+        return f"{chosen} ({rate:.2f} images/s measured; {other})"
+
+
+def plan_parallelism(pipeline: Pipeline, x: np.ndarray, cores: int, calls: int = 2) -> Parallelism:
+    """Time ``pipeline`` on ``x`` both ways ``run`` can use ``cores`` cores (after a call that
+    compiles or loads the kernels) and choose: images side by side, one per core on one kernel
+    thread each, where that is :data:`SIDE_BY_SIDE_GAIN` faster than one image at a time on
+    every core; else one image at a time. Kernels must be safe on several threads at once
+    (:func:`poolcli.runner.kernels_threadsafe`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from poolcli.kernels import set_threads
+
+    if cores <= 1:
+        return Parallelism(1, 1, 0.0, 0.0)
+    set_threads(cores)
+    pipeline(x)
+    started = time.perf_counter()
+    for _ in range(calls):
+        pipeline(x)
+    together = calls / (time.perf_counter() - started)
+
+    barrier = threading.Barrier(cores)
+
+    def one_thread_calls(count: int) -> None:
+        barrier.wait()  # every core's thread at once, never one thread taking two parts
+        for _ in range(count):
+            pipeline(x)
+
+    with ThreadPoolExecutor(cores, initializer=set_threads, initargs=(1,)) as pool:
+        list(pool.map(one_thread_calls, [1] * cores))  # each thread's first call: its buffers, its kernels
+        started = time.perf_counter()
+        list(pool.map(one_thread_calls, [calls] * cores))
+        side_by_side = cores * calls / (time.perf_counter() - started)
+    set_threads(cores)
+    if side_by_side >= SIDE_BY_SIDE_GAIN * together:
+        return Parallelism(cores, 1, side_by_side, together)
+    return Parallelism(1, cores, side_by_side, together)

@@ -246,6 +246,8 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
     if len(summary.failures) > 10:
         console.print(f"  ... and {len(summary.failures) - 10} more: see {summary.out}/failures/", markup=False,
                       emoji=False)
+    if summary.parallelism:
+        console.print(f"cores: {summary.parallelism}", markup=False, emoji=False)
 
 
 # --- inspect ------------------------------------------------------------------------------------
@@ -454,6 +456,10 @@ def bench(
                         "low_seconds": r.low, "high_seconds": r.high, "share": r.seconds / total} for r in rows],
             "pipeline_seconds": result.pipeline.seconds,
             "pipeline_low_seconds": result.pipeline.low, "pipeline_high_seconds": result.pipeline.high,
+            "run_parallelism": None if result.parallelism is None else {
+                "workers": result.parallelism.workers, "threads": result.parallelism.threads,
+                "images_per_second_side_by_side": result.parallelism.side_by_side,
+                "images_per_second_together": result.parallelism.together},
         }, indent=2))
         return
     if note:
@@ -478,6 +484,8 @@ def bench(
     else:  # each stage timed alone has its input in cache; in a call it follows the stage that made it
         out.print(f"one pipeline call: {_duration(result.pipeline.seconds)}, {_duration(-own)} less than its stages "
                   "timed one by one (each timed alone, and the times vary from call to call)")
+    if result.parallelism is not None:
+        out.print(f"run would take {result.parallelism.describe()}", markup=False)
     noisy = [r.name for r in rows if not r.steady] + ([] if result.pipeline.steady else ["the pipeline call"])
     if noisy:
         _stderr().print(f"warning: the times of {', '.join(noisy)} vary more than 2x from call to call (see range): "

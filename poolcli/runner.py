@@ -62,6 +62,7 @@ class RunSummary:
     dim: int | None = None
     map_shape: list[int] | str | None = None
     seconds: float = 0.0
+    parallelism: str | None = None  # how the cores were split, where the run measured it
     failures: list[dict] = field(default_factory=list)  # of this session, for the CLI to show
 
     def to_dict(self) -> dict:
@@ -180,8 +181,16 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
         nonlocal done
         done += 1
         progress(done, len(listing))
+    together = False  # one image at a time on every core, rather than an image per core
     if kernels_threadsafe():
+        if threads is None and workers is None:
+            plan = _plan_parallelism(pipeline, listing, keys, max_pixels)
+            if plan is not None:
+                summary.parallelism = plan.describe()
+                together = plan.workers == 1
+                threads = plan.threads
         threads = threads or 1
+    if kernels_threadsafe() and not together:
         _set_threads(threads)  # checks the value; each worker sets it for itself
         workers = workers or max(1, usable_cores() // threads)
         decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers, compute_threads=threads)
@@ -199,6 +208,26 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
         decoded.close(wait=False)
         raise
     decoded.close()
+
+
+PLAN_MIN_IMAGES = 16  # images per core from which a run measures how to split the cores (a few images' time)
+
+
+def _plan_parallelism(pipeline, listing: InputList, keys: list[int], max_pixels: int):
+    """:func:`poolcli.bench.plan_parallelism` on the run's first image, for runs long enough to
+    repay the measurement; None for a short run, a machine of one core, or a first image that
+    does not decode or run (the run then reports it as usual)."""
+    from poolcli.bench import plan_parallelism
+    from poolcli.io.images import decode
+
+    cores = usable_cores()
+    if cores < 2 or len(keys) < PLAN_MIN_IMAGES * cores:
+        return None
+    try:
+        x, _ = decode(listing.source(keys[0]), pipeline.config.input, max_pixels)
+        return plan_parallelism(pipeline, x, cores)
+    except (PoolcliError, ArithmeticError, ValueError, RuntimeError, IndexError):
+        return None
 
 
 def merge_map_shapes(a, b):

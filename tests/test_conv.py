@@ -538,6 +538,8 @@ METHOD_CASES = [
     ((36, 14, 11), 36, (3, 3), (1, 1), (1, 1), 2, (1, 1, 1, 1), "replicate"),
     ((16, 19, 13), 16, (3, 3), (2, 2), (1, 1), 16, (1, 1, 1, 1), "circular"),
     ((6, 40, 41), 300, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),  # several tiles and channel parts
+    ((16, 9, 10), 272, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),  # one tile: channel parts per tap
+    ((16, 30, 33), 24, (3, 3), (2, 2), (2, 2), 1, (2, 2, 2, 2), "zeros"),  # a product per tap, strided, dilated
     # depthwise: strided, dilated with two outputs per channel, asymmetric pads, several bands of rows
     ((24, 37, 29), 24, (3, 3), (2, 2), (1, 1), 24, (1, 1, 1, 1), "zeros"),
     ((10, 23, 30), 20, (5, 5), (1, 1), (2, 2), 10, (4, 4, 4, 4), "reflect"),
@@ -551,7 +553,7 @@ METHOD_CASES = [
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_method_equals_naive_with_residual_and_activation(case, threads):
     """Each way the kernels compute a convolution (a product for 1x1, im2col products in tiles
-    and channel parts, the blocked and the narrow direct kernels), forced on the same weights,
+    and channel parts, a product per tap, the blocked and the narrow direct kernels), forced on the same weights,
     with a residual and an activation in its epilogue, equals the float64 loop."""
     import numba
 
@@ -585,7 +587,9 @@ def test_the_products_are_tried_where_numpy_has_openblas():
     from poolcli.kernels import conv as kernels
 
     assert blas.sgemm() is not None, "NumPy's wheels ship OpenBLAS: its sgemm must be found"
-    assert kernels.methods((64, 64, 3, 3), 1, (1, 1, 1, 1))[0] == "gemm"
+    assert kernels.methods((64, 64, 3, 3), 1, (1, 1, 1, 1))[0] == "shifted"  # a product per tap
+    assert kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3))[0] == "gemm"  # im2col, for few input channels
+    assert {"gemm", "shifted"} <= set(kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3)))
     assert kernels.methods((64, 64, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"
     assert kernels.methods((32, 1, 3, 3), 32, (1, 1, 1, 1))[0] == "depthwise"
     assert kernels.methods((64, 1, 5, 5), 32, (2, 2, 2, 2))[0] == "depthwise"  # two outputs per channel

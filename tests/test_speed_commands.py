@@ -410,3 +410,63 @@ def test_a_failing_image_on_a_worker_is_a_failure_row_naming_the_stage(tmp_path,
     summary = runner.run(Pipeline.from_yaml(config), [str(mixed_inputs)], tmp_path / "out", workers=2)
     stages = {f["path"].rsplit("/", 1)[-1]: f["stage"] for f in summary.failures}
     assert stages == {"broken.jpg": "load", "tiny.png": "conv0"}
+
+
+def test_bench_measures_how_run_would_split_the_cores(monkeypatch):
+    """With every core (no --threads), bench times the pipeline as an image per core and as one
+    image on every core, and names the faster way; with --threads it does not."""
+    import poolcli.bench as bench_module
+
+    from poolcli.pipeline import Pipeline
+
+    pipeline = Pipeline.from_yaml(REPO / "configs" / "retrieval.yaml")
+    x = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+    plan = bench_module.plan_parallelism(pipeline, x, 2, calls=1)
+    assert plan.side_by_side > 0 and plan.together > 0
+    faster_apart = plan.side_by_side >= bench_module.SIDE_BY_SIDE_GAIN * plan.together
+    assert (plan.workers, plan.threads) == ((2, 1) if faster_apart else (1, 2))
+    assert ("2 images at once" if faster_apart else "one image at a time on 2") in plan.describe()
+    assert bench_module.plan_parallelism(pipeline, x, 1) == bench_module.Parallelism(1, 1, 0.0, 0.0)
+
+    from poolcli.runner import kernels_threadsafe
+
+    if not kernels_threadsafe():
+        return  # images are never side by side here: bench has nothing to measure
+    monkeypatch.setattr(bench_module, "plan_parallelism", lambda *a, **k: bench_module.Parallelism(2, 1, 9.0, 4.0))
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    result = CliRunner().invoke(app, ["bench", str(REPO / "configs" / "retrieval.yaml"), "--size", "64", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run_parallelism"] == {
+        "workers": 2, "threads": 1, "images_per_second_side_by_side": 9.0, "images_per_second_together": 4.0}
+    result = CliRunner().invoke(app, ["bench", str(REPO / "configs" / "retrieval.yaml"), "--size", "64", "64", "--threads", "1"])
+    assert result.exit_code == 0 and "run would take" not in result.output
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_long_run_measures_how_to_split_the_cores_and_writes_the_same_bytes(tmp_path, monkeypatch, together):
+    """A run long enough to repay it measures both ways of using the cores, says which it took,
+    and writes what a run on one thread writes, either way."""
+    import poolcli.bench as bench_module
+    import poolcli.runner as runner
+
+    from poolcli.pipeline import Pipeline
+    from poolcli.runner import run
+
+    if not runner.kernels_threadsafe():
+        pytest.skip("kernels cannot run on several threads at once here: images are never side by side")
+    chosen = bench_module.Parallelism(1, 2, 1.0, 2.0) if together else bench_module.Parallelism(2, 1, 2.0, 1.0)
+    seen = []
+    monkeypatch.setattr(runner, "usable_cores", lambda: 2)
+    monkeypatch.setattr(bench_module, "plan_parallelism", lambda p, x, cores: seen.append((x.shape, cores)) or chosen)
+    pipeline = Pipeline.from_yaml(REPO / "configs" / "retrieval.yaml")
+    images = sorted(str(p) for p in (REPO / "sample_images").iterdir() if p.suffix != ".md")
+    monkeypatch.setattr(runner, "PLAN_MIN_IMAGES", len(images) // 2)
+    measured = run(pipeline, images, tmp_path / "measured")
+    assert seen and seen[0][1] == 2 and measured.parallelism == chosen.describe()
+    plain = run(pipeline, images, tmp_path / "plain", threads=1)  # threads given: nothing measured
+    assert plain.parallelism is None and len(seen) == 1
+    for a, b in zip(sorted((tmp_path / "measured").rglob("*.parquet")), sorted((tmp_path / "plain").rglob("*.parquet"))):
+        assert a.relative_to(tmp_path / "measured") == b.relative_to(tmp_path / "plain")
+        assert a.read_bytes() == b.read_bytes()
+    monkeypatch.setattr(runner, "PLAN_MIN_IMAGES", len(images))  # too short a run: not measured
+    assert run(pipeline, images, tmp_path / "short").parallelism is None and len(seen) == 1
