@@ -3,6 +3,7 @@
     python benchmarks/trunks.py                         # the seven trunks, a table on stdout
     python benchmarks/trunks.py --only resnet --size 224 224
     python benchmarks/trunks.py --end-to-end            # also 200 photos through ResNet-50 + GeM
+    python benchmarks/trunks.py --memory                # peak memory: ResNet-50 + GeM on one 768x1024 photo
     python benchmarks/trunks.py --markdown              # the tables as Markdown (README)
 
 Each trunk is a torchvision model with random weights (nothing can be downloaded), cut before
@@ -202,6 +203,60 @@ def end_to_end(size: tuple[int, int], rounds: int, work: Path, photos: Path) -> 
     return rows
 
 
+# --- memory ------------------------------------------------------------------------------------
+
+
+def peak_memory(size: tuple[int, int], work: Path, photos: Path) -> list[list[str]]:
+    """Peak resident MiB of ``poolcli run`` with the imported ResNet-50 + GeM on one photo of
+    ``size`` (H, W), against the onnxruntime script on the same photo: each a fresh process,
+    ``ru_maxrss`` from ``wait4`` (the interpreter and its libraries included on both sides)."""
+    import os
+
+    from end_to_end import make_photos, run_poolcli
+    from PIL import Image
+
+    make_photos(photos)
+    one = work / "one-photo"
+    one.mkdir(exist_ok=True)
+    first = sorted(photos.glob("*.jpg"))[0]
+    Image.open(first).convert("RGB").resize((size[1], size[0])).save(one / "photo.jpg", quality=95)
+    onnx_path = export(trunk("resnet50"), size, work / "resnet50_memory.onnx")
+    import_model(onnx_path, work / "resnet50")
+    config = work / "resnet50_gem_memory.yaml"
+    config.write_text(HEAD.format(h=size[0], w=size[1]))
+    script = work / "ort_gem.py"
+    script.write_text(ORT_SCRIPT)
+    from end_to_end import poolcli_command
+
+    ours = launched_peak_mib([*poolcli_command(), "run", str(config), str(one), "-o", str(work / "out-memory"),
+                              "--overwrite", "--no-progress"])
+    theirs = launched_peak_mib([sys.executable, str(script), str(config), str(onnx_path), str(one),
+                                str(work / "ort-memory.npy"), "1"])
+    return [["poolcli run", str(ours), f"{ours / theirs:.2f}x"],
+            ["onnxruntime script", str(theirs), "1.00x"]]
+
+
+LAUNCHER = """\
+import os, subprocess, sys
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+stderr = process.stderr.read()
+_, status, usage = os.wait4(process.pid, 0)
+if os.waitstatus_to_exitcode(status) != 0:
+    sys.exit(stderr.decode()[-2000:])
+print(usage.ru_maxrss // 1024)
+"""
+
+
+def launched_peak_mib(command: list[str]) -> int:
+    """The peak resident MiB of ``command``, started by a bare interpreter: a child's peak counts
+    its parent's resident set at the fork (Linux carries it across exec), and this process holds
+    torch."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed: {done.stderr.strip()[-2000:]}")
+    return int(done.stdout.strip())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="trunks whose name contains this")
@@ -209,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--end-to-end", action="store_true", help="also 200 photos through ResNet-50 + GeM")
     parser.add_argument("--photos", type=Path, default=Path(tempfile.gettempdir()) / "poolcli-bench-photos")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the peak memory of ResNet-50 + GeM on one 768x1024 photo, run against onnxruntime")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if import_torch() is None:
@@ -217,6 +274,10 @@ def main(argv=None) -> int:
     print(f"{machine()}; {versions()}; {TORCH_THREADS} threads each; one {size[0]}x{size[1]} image", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="poolcli-trunks-") as tmp:
         work = Path(tmp)
+        if args.memory:
+            rows = peak_memory((768, 1024), work, args.photos)
+            print(table(["ResNet-50 + GeM, one 768x1024 photo", "peak MiB", "ratio"], rows, args.markdown))
+            return 0
         names = [n for n in TRUNKS if args.only in n]
         rows = compare_trunks(names, size, args.rounds, work)
         print(table(["trunk", "poolcli ms", "onnxruntime ms", "torch ms", "vs onnxruntime", "vs torch",

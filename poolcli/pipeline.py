@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,8 +318,12 @@ class Pipeline:
             for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
                 if threads is not None:
                     threads.fit(costs[index])
-                out = stage(*map(values.__getitem__, inputs))
+                if index in self._residual_reusers and _unshared(values[inputs[1]]):
+                    out = stage(values[inputs[0]], values[inputs[1]], into_residual=True)
+                else:
+                    out = stage(*map(values.__getitem__, inputs))
                 values[name] = np.ascontiguousarray(out, dtype=np.float32)
+                del out  # the map's one holder is values
                 for used in done:
                     del values[used]
         finally:
@@ -332,6 +337,17 @@ class Pipeline:
         maps no later stage reads, freed right after it runs)."""
         return [(index, node.name, node.stage, node.inputs, tuple(self._last_use.get(node.name, ())))
                 for index, node in enumerate(self.nodes) if node.name in self._needed]
+
+    @functools.cached_property
+    def _residual_reusers(self) -> frozenset[int]:
+        """The needed conv stages that may write their output over their residual: a stage's
+        map (not the caller's input) that no later stage reads. ResNet-50 at 768x1024 holds one
+        map of 50 MB less so."""
+        from poolcli.stages.conv import Conv
+
+        return frozenset(index for index, _, stage, inputs, done in self._steps
+                         if isinstance(stage, Conv) and len(inputs) == 2 and inputs[1] != "input"
+                         and inputs[1] != inputs[0] and inputs[1] in done)
 
     @functools.cached_property
     def _every_step(self) -> list[tuple[int, str, Stage, tuple[str, ...], tuple[str, ...]]]:
@@ -591,6 +607,12 @@ def _needed(nodes: list[Node]) -> set[str]:
         needed.add(name)
         todo.extend(by_name[name].inputs)
     return needed
+
+
+def _unshared(x: np.ndarray) -> bool:
+    """Whether ``x`` owns its memory and only the pipeline's map of values holds it (no view of
+    another map, no reference kept by a stage): it may then be overwritten."""
+    return x.flags.owndata and x.flags.writeable and sys.getrefcount(x) <= 3  # the dict, the argument, the call's
 
 
 def _last_use(nodes: list[Node], needed: set[str]) -> dict[str, list[str]]:

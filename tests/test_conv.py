@@ -575,11 +575,40 @@ def test_every_method_equals_naive_with_residual_and_activation(case, threads):
     try:
         for method in methods:
             prepared = kernels.prepare(weight, bias, groups, pads, method)
+            relu = (ACTIVATIONS.index("relu"), np.float32(0), np.float32(0))
             out = kernels.convolve(x.copy(), prepared, pads, mode, stride, dilation, ref.shape[1:], residual=residual,
-                                   activation=(ACTIVATIONS.index("relu"), np.float32(0), np.float32(0)), threads=threads)
+                                   activation=relu, threads=threads)
             close(out, expected)
+            # Written over a residual that is no longer needed: the same result, in that buffer
+            # where the method's epilogue adds it.
+            spent = residual.copy()
+            out = kernels.convolve(x.copy(), prepared, pads, mode, stride, dilation, ref.shape[1:], residual=spent,
+                                   activation=relu, threads=threads, into_residual=True)
+            close(out, expected)
+            assert (out is spent) == (method in ("pointwise", "gemm", "shifted", "depthwise"))
     finally:
         numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("method", ["pointwise", "depthwise"])
+def test_a_residual_that_is_the_input_is_never_written_over(method):
+    """The 1x1 and depthwise kernels read their input as they write: a residual that is the
+    input itself is left alone, and the result is still right."""
+    from poolcli.kernels import conv as kernels
+    from poolcli.kernels.elementwise import ACTIVATIONS
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 12, 13)).astype(np.float32)
+    groups, weight = (1, rng.standard_normal((16, 16, 1, 1))) if method == "pointwise" else (16, rng.standard_normal((16, 1, 3, 3)))
+    weight = weight.astype(np.float32)
+    pads = (0, 0, 0, 0) if method == "pointwise" else (1, 1, 1, 1)
+    expected = np.maximum(naive.conv2d(x, weight, None, padding=pads, groups=groups) + x, 0)
+    before = x.copy()
+    prepared = kernels.prepare(weight, None, groups, pads, method)
+    out = kernels.convolve(x, prepared, pads, "zeros", (1, 1), (1, 1), x.shape[1:], residual=x,
+                           activation=(ACTIVATIONS.index("relu"), np.float32(0), np.float32(0)), into_residual=True)
+    close(out, expected)
+    assert out is not x and np.array_equal(x, before)
 
 
 def test_the_products_are_tried_where_numpy_has_openblas():

@@ -200,3 +200,31 @@ def test_a_batch_of_sizes_stacks_descriptors_and_refuses_maps(rng):
         Pipeline.from_config({"stages": [{"type": "max_pool", "kernel_size": 2}]})(maps)
     with pytest.raises(ShapeError, match="an empty list"):
         Pipeline.from_config({"stages": [{"type": "gem"}]})([])
+
+
+@pytest.mark.parametrize("later_use", [False, True])
+def test_a_conv_writes_over_a_spent_residual_and_never_one_still_needed(later_use):
+    """A conv whose residual no later stage reads may write its output over it (one map less
+    in memory); the output is the float64 loop's, and a residual that a later stage still
+    reads is left intact."""
+    from poolcli.pipeline import Pipeline
+
+    stages = [
+        {"type": "conv", "name": "a", "filters": "random", "out_channels": 16, "kernel_size": 1, "seed": 1},
+        {"type": "conv", "name": "b", "filters": "random", "out_channels": 16, "kernel_size": 3, "padding": "same",
+         "seed": 2, "activation": "relu"},
+        {"type": "conv", "name": "c", "filters": "random", "out_channels": 16, "kernel_size": 1, "seed": 3,
+         "residual": "a", "activation": "relu"},
+    ]
+    if later_use:
+        stages.append({"type": "add", "name": "d", "from": ["c", "a"]})
+    pipeline = Pipeline.from_config({"stages": stages})
+    assert (pipeline._residual_reusers == frozenset()) == later_use
+    x = np.random.default_rng(0).standard_normal((8, 20, 21)).astype(np.float32)
+    weights = [node.stage.weights(c) for node, c in zip(pipeline.nodes, (8, 16, 16))]
+    a = naive.conv2d(x, weights[0])
+    b = np.maximum(naive.conv2d(a, weights[1], padding=(1, 1, 1, 1)), 0)
+    expected = np.maximum(naive.conv2d(b, weights[2]) + a, 0)
+    if later_use:
+        expected = expected + a
+    np.testing.assert_allclose(pipeline(x), expected, rtol=1e-4, atol=1e-4)

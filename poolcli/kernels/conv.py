@@ -392,8 +392,10 @@ def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, bet
     tiles = (positions + tile - 1) // tile
     rows = (per_group + parts - 1) // parts
     tasks = groups * tiles * parts
-    in_place = cols == out_w
     with_residual = residual.size > 0
+    # In place where the grid has no dropped columns, unless out is the residual (it is read
+    # by the epilogue after the product).
+    in_place = cols == out_w and not (with_residual and residual.ctypes.data == out.ctypes.data)
     flat = out.reshape(out.shape[0], out_h * out_w)  # the grid itself where in_place
     images = np.empty((workers, taps * tile if gather else 1), np.float32)
     products = np.empty((workers, 1 if in_place else rows * tile), np.float32)
@@ -533,7 +535,7 @@ def channel_parts(groups: int, per_group: int, tiles: int, threads: int) -> int:
     return parts
 
 
-def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads):
+def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads, out=None):
     """Grouped 2-D convolution as matrix products, with its epilogue: :func:`pad_planes`, then
     :func:`gemm_planes`. ``matrix`` is float32 (groups,
     O/groups, C/groups * kh * kw), the weights reshaped; ``offsets`` int64 (groups, at least the
@@ -544,7 +546,7 @@ def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, 
     out_h, out_w = out_hw
     positions = out_h * cols
     planes = pad_planes(x, pads, PADDING_MODES.index(mode), stride, rows, cols, 0)
-    out = np.empty((groups * per_group, out_h, out_w), np.float32)
+    out = np.empty((groups * per_group, out_h, out_w), np.float32) if out is None else out
     tile, parts = split_tasks(groups, per_group, taps, positions, threads)
     with blas.one_thread():
         gemm_planes(blas.sgemm(), planes, matrix, offsets, bias, residual, *activation, out, cols, tile, parts, True,
@@ -567,7 +569,7 @@ def product_tile(per_group: int, positions: int, threads: int) -> int:
     return -(-(-(-positions // tiles)) // VECTOR) * VECTOR
 
 
-def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads):
+def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, activation, threads, out=None):
     """Grouped 2-D convolution as one matrix product per tap (:func:`shifted_planes`) with its
     epilogue; ``matrix`` is float32 (groups, kh * kw, O/groups, C/groups), ``offsets`` as for
     :func:`conv2d_gemm` (the first ``kh * kw`` of each group are its first channel's taps)."""
@@ -576,7 +578,7 @@ def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residua
     out_h, out_w = out_hw
     positions = out_h * cols
     planes = pad_planes(x, pads, PADDING_MODES.index(mode), stride, rows, cols, 0)
-    out = np.empty((groups * per_group, out_h, out_w), np.float32)
+    out = np.empty((groups * per_group, out_h, out_w), np.float32) if out is None else out
     tile = product_tile(per_group, positions, threads)
     parts = channel_parts(groups, per_group, -(-positions // tile), threads)
     with blas.one_thread():
@@ -585,13 +587,13 @@ def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residua
     return out
 
 
-def pointwise(x, matrix, bias, stride, residual, activation, threads):
+def pointwise(x, matrix, bias, stride, residual, activation, threads, out=None):
     """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
     map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue."""
     if stride != (1, 1):
         x = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]])
     channels, out_h, out_w = x.shape
-    out = np.empty((matrix.shape[1], out_h, out_w), np.float32)
+    out = np.empty((matrix.shape[1], out_h, out_w), np.float32) if out is None else out
     tile = product_tile(matrix.shape[1], out_h * out_w, threads)
     parts = channel_parts(1, matrix.shape[1], -(-out_h * out_w // tile), threads)
     with blas.one_thread():
@@ -728,29 +730,34 @@ NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
 
 
 def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offsets=None, residual=None,
-             activation=None, threads=1):
+             activation=None, threads=1, into_residual=False):
     """``activation(conv(x) + bias + residual)`` of a writable C-contiguous float32 (C, H, W) map
     by :func:`prepare`'s weights, = torch conv2d after padding ``x`` by ``pads`` (top, bottom,
     left, right) in ``mode``. ``offsets``: :func:`tap_offsets` for this map's size (computed when
     None; the pointwise and depthwise methods need none). ``activation``: (code, alpha, beta), an index into
     ``ACTIVATIONS`` and its parameters (None: none). ``threads``: the calling thread's Numba
-    threads (the matrix products split their work for as many)."""
+    threads (the matrix products split their work for as many). ``into_residual``: the result
+    may be written over ``residual`` (a writable map no one reads afterwards), one map less in
+    memory; the methods whose epilogue adds the residual do so."""
     activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
     residual = NO_RESIDUAL if residual is None else np.require(residual, np.float32, "C")
+    out = residual if into_residual and residual.size and residual.flags.writeable else None
+    if out is not None and np.may_share_memory(out, x):  # the 1x1 and depthwise kernels read x as they write
+        out = None
     if prepared.method == "pointwise":
-        return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads)
+        return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads, out)
     if prepared.method == "depthwise":
-        out = np.empty((prepared.shape[0], *out_hw), np.float32)
+        out = np.empty((prepared.shape[0], *out_hw), np.float32) if out is None else out
         return depthwise(x, prepared.data, prepared.bias, tuple(pads), PADDING_MODES.index(mode),
                          stride, dilation, residual, *activation, out)
     if offsets is None:
         offsets = prepared.tap_offsets(stride, dilation, *plane_size(x.shape, pads, stride))
     if prepared.method == "shifted":
         return conv2d_shifted(x, prepared.data, prepared.bias, pads, mode, stride, out_hw, offsets, residual,
-                              activation, threads)
+                              activation, threads, out)
     if prepared.method == "gemm":
         return conv2d_gemm(x, prepared.data, prepared.bias, pads, mode, stride, out_hw, offsets, residual, activation,
-                           threads)
+                           threads, out)
     out = conv2d(x, prepared.data, prepared.shape, prepared.bias, pads, mode, stride, dilation, prepared.groups,
                  out_hw, offsets, narrow_kernel=prepared.method == "narrow")
     if residual.size:

@@ -400,7 +400,9 @@ class Conv(Stage):
 
     # --- applying ------------------------------------------------------------------------------
 
-    def __call__(self, x, residual=None):
+    def __call__(self, x, residual=None, into_residual=False):
+        """The conv of ``x``; ``into_residual``: the result may be written over ``residual``
+        (the caller reads it no more)."""
         out_c, out_h, out_w = self.output_shape(x.shape)
         pads = self._pads(*x.shape[1:])
         if not self._full and self.channels == "mean":
@@ -411,7 +413,8 @@ class Conv(Stage):
         prepared, offsets = self._prepared(x.shape, pads)
         fused = self.activation.kernel_arguments
         out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, (out_h, out_w),
-                               offsets, residual, fused, threads=_kernel_threads())
+                               offsets, residual, fused, threads=_kernel_threads(),
+                               into_residual=into_residual and fused is not None)
         return out if fused is not None else self.activation.apply(out, inplace=True)
 
     def _prepared(self, shape, pads):
