@@ -15,7 +15,7 @@ import numpy as np
 from poolcli.errors import ConfigError
 from poolcli.stages import STAGES, Stage
 
-# The SPEC's worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
+# The docs' worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
 WORKED_MAP = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.float32)[None]
 
 _COMMON = ("type", "name", "from_")

@@ -96,7 +96,7 @@ def run(
     address: str | None = None,
     listed: list[str] = (),
 ) -> RunSummary:
-    """Run ``pipeline`` over ``inputs`` into the folder ``out``; see SPEC section 5.
+    """Run ``pipeline`` over ``inputs`` into the folder ``out`` (its layout: :mod:`poolcli.io.output`).
 
     ``inputs`` and ``out`` may be fsspec URLs (``s3://bucket/prefix``); ``listed`` are files
     named one by one (``--files-from``), taken without being looked up. ``engine="ray"`` runs

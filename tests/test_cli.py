@@ -248,11 +248,15 @@ def test_shipped_configs_and_their_files_are_package_data():
 
 
 def test_the_products_docs_stand_alone():
-    """README, docs/, `poolcli stages TYPE` and every --help never send a user to SPEC, a
-    development file that does not ship."""
+    """README, docs/, the package's docstrings, comments and shipped configs, the benchmarks,
+    `poolcli stages TYPE` and every --help never send a user to SPEC, a development file that
+    does not ship."""
     from poolcli.stages import STAGES
 
-    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "benchmarks").glob("*.py"),
+               *(p for p in (ROOT / "poolcli").rglob("*") if p.suffix in (".py", ".yaml", ".md"))]
+    assert len(sources) > 50
+    texts = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sources}
     for name in sorted({cls.type_names[0] for cls in STAGES.values()}):
         texts[f"stages {name}"] = runner.invoke(app, ["stages", name]).stdout
     for command in [None, *(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)]:
