@@ -109,9 +109,8 @@ def _root(
 
 def _load(config: Path):
     from poolcli.pipeline import Pipeline
-    from poolcli.shipped import find_config
 
-    return Pipeline.from_yaml(find_config(config))
+    return Pipeline.from_yaml(config)
 
 
 # --- run --------------------------------------------------------------------------------------
