@@ -117,6 +117,33 @@ def test_run_every_shipped_config_on_the_sample_images(tmp_path, config):
     assert again.returncode == 0 and json.loads(again.stdout)["shards_resumed"] == 1
 
 
+def test_run_names_the_files_it_skips(tmp_path):
+    """The summary line names the first few non-image files and counts the rest; --verbose lists
+    each one; --json gives them all as skipped_files."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "cat.png").write_bytes((SAMPLES / "chelsea.png").read_bytes())
+    others = ["README", "notes.txt", "sub/a.json", "sub/b.json", "z.csv"]
+    for name in others:
+        (photos / name).write_text("no image\n")
+    config = ROOT / "configs" / "gabor_gem.yaml"
+    done = cli("run", config, "photos", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("wrote 1 descriptor of length 48 to out in " in done.stderr
+            and "5 non-image files skipped (photos/README, photos/notes.txt, photos/sub/a.json and 2 more: "
+            "--verbose lists them)" in done.stderr), done.stderr
+    verbose = cli("run", config, "photos", "-o", "out2", "--no-progress", "--verbose", cwd=tmp_path)
+    assert "5 non-image files skipped (listed below)" in verbose.stderr
+    assert [line for line in verbose.stderr.splitlines() if line.startswith("  skipped: ")] == [
+        f"  skipped: photos/{name}" for name in sorted(others)]
+    summary = json.loads(cli("run", config, "photos", "-o", "out3", "--json", cwd=tmp_path).stdout)
+    assert summary["skipped"] == 5 and summary["skipped_files"] == [str(photos / name) for name in sorted(others)]
+    (photos / "z.csv").unlink()
+    (photos / "sub" / "b.json").unlink()
+    few = cli("run", config, "photos", "-o", "out4", "--no-progress", cwd=tmp_path)
+    assert "3 non-image files skipped (photos/README, photos/notes.txt, photos/sub/a.json)" in few.stderr, few.stderr
+
+
 def test_run_summary_prints_paths_as_they_are(tmp_path):
     # a log or pipe gets plain lines: brackets and colons in paths are not read as Rich markup
     folder = tmp_path / "in [x] :smile:"
@@ -207,6 +234,8 @@ def test_a_shipped_config_runs_by_name_from_any_folder(tmp_path):
 def test_every_command_takes_a_shipped_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["validate", "gabor_gem"]).stdout.strip() == "gabor_gem: valid (3 stages, writes descriptors of length 48)"
+    (tmp_path / "one.yaml").write_text("stages: [{type: mac}]\n")
+    assert runner.invoke(app, ["validate", "one.yaml"]).stdout.strip() == "one.yaml: valid (1 stage, writes descriptors of length 3)"
     assert runner.invoke(app, ["validate", "gabor_gem.yaml"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["inspect", "spp_edges", "--json"]).stdout)["output_shape"] == [126]
     (tmp_path / "gabor_gem.yaml").write_text("stages: [{type: spoc}]\n")  # a file of that name wins
