@@ -227,9 +227,12 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 
 def _display_path(path: str) -> str:
     """A path as the user would type it: relative to the current folder when inside it."""
-    if "://" in path:
+    if "://" in path or not os.path.isabs(path):
         return path
-    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
     return path if relative.startswith("..") else relative
 
 

@@ -144,6 +144,42 @@ def test_run_names_the_files_it_skips(tmp_path):
     assert "3 non-image files skipped (photos/README, photos/notes.txt, photos/sub/a.json)" in few.stderr, few.stderr
 
 
+def test_verbose_lists_every_failure(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        (photos / f"broken{i:02d}.png").write_bytes(b"not a png")
+    config = ROOT / "configs" / "gabor_gem.yaml"
+    brief = cli("run", config, photos, "-o", tmp_path / "out", "--no-progress")
+    failed = [line for line in brief.stderr.splitlines() if line.startswith("  failed: ")]
+    assert brief.returncode == 3 and len(failed) == 10
+    assert f"  ... and 2 more: see {tmp_path / 'out'}/failures/ (or run again with --verbose)" in brief.stderr
+    verbose = cli("run", config, photos, "-o", tmp_path / "out2", "--no-progress", "--verbose")
+    failed = [line for line in verbose.stderr.splitlines() if line.startswith("  failed: ")]
+    assert verbose.returncode == 3 and len(failed) == 12 and "more: see" not in verbose.stderr
+
+
+def test_a_first_runs_images_per_second_leaves_its_compiling_out():
+    from poolcli.cli import _report_run
+    from poolcli.runner import RunSummary
+
+    class Lines:
+        def __init__(self):
+            self.lines = []
+
+        def print(self, text, **_):
+            self.lines.append(text)
+
+    summary = RunSummary("out", "descriptors", 20, written=20, processed=20, dim=48, seconds=12.0)
+    console = Lines()
+    _report_run(console, summary, compiled=3, compile_seconds=10.0)
+    assert console.lines == ["wrote 20 descriptors of length 48 to out in 12.0 s (10.0 images/s, 10.0 s of compiling "
+                             "not counted); 3 kernels compiled (cached for later runs)"]
+    console = Lines()
+    _report_run(console, summary)
+    assert console.lines == ["wrote 20 descriptors of length 48 to out in 12.0 s (1.7 images/s)"]
+
+
 def test_run_summary_prints_paths_as_they_are(tmp_path):
     # a log or pipe gets plain lines: brackets and colons in paths are not read as Rich markup
     folder = tmp_path / "in [x] :smile:"
@@ -206,6 +242,25 @@ def test_a_length_that_follows_the_image_size_is_said_so(tmp_path):
     assert json.loads(runner.invoke(app, ["inspect", str(fixed), "--json"]).stdout)["length_depends_on_size"] is False
 
 
+@pytest.mark.parametrize("command", ["inspect", "bench"])
+def test_an_image_that_cannot_be_read_is_named(tmp_path, command):
+    for image, reason in [(tmp_path / "nope.jpg", "No such file"), (tmp_path / "notes.jpg", "")]:
+        if reason == "":
+            image.write_text("not a jpeg\n")
+        result = runner.invoke(app, [command, str(ROOT / "configs" / "gabor_gem.yaml"), "--image", str(image)])
+        assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
+        assert result.stderr.startswith(f"error: --image {image}: ") and reason in result.stderr
+
+
+def test_index_on_a_maps_run_says_index_needs_descriptors(tmp_path):
+    config = tmp_path / "maps.yaml"
+    config.write_text("input: {resize: {size: [16, 16]}}\nstages: [{type: max_pool, kernel_size: 2}]\n")
+    assert cli("run", config, SAMPLES / "camera.png", "-o", tmp_path / "out", "--no-progress").returncode == 0
+    result = runner.invoke(app, ["index", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "holds feature maps, not descriptors" in result.stderr
+    assert "index needs descriptors" in result.stderr and "search" not in result.stderr
+
+
 def test_validate_says_one_stage(tmp_path):
     config = tmp_path / "one.yaml"
     config.write_text("stages: [{type: max_pool, kernel_size: 2}]\n")
@@ -234,8 +289,6 @@ def test_a_shipped_config_runs_by_name_from_any_folder(tmp_path):
 def test_every_command_takes_a_shipped_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["validate", "gabor_gem"]).stdout.strip() == "gabor_gem: valid (3 stages, writes descriptors of length 48)"
-    (tmp_path / "one.yaml").write_text("stages: [{type: mac}]\n")
-    assert runner.invoke(app, ["validate", "one.yaml"]).stdout.strip() == "one.yaml: valid (1 stage, writes descriptors of length 3)"
     assert runner.invoke(app, ["validate", "gabor_gem.yaml"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["inspect", "spp_edges", "--json"]).stdout)["output_shape"] == [126]
     (tmp_path / "gabor_gem.yaml").write_text("stages: [{type: spoc}]\n")  # a file of that name wins
