@@ -810,8 +810,17 @@ def _argument_type(self, ctx):
     return None
 
 
+def _usage_name(self) -> str:
+    """An argument in the usage line as Click writes it: ``CONFIG`` when required, ``[INPUT]...``
+    when not (this Typer writes a required one as ``{CONFIG}``)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+
 if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = _argument_type
+    if hasattr(typer.core.TyperArgument, "_usage_display_name") and hasattr(typer.core.TyperArgument, "display_name_raw"):
+        typer.core.TyperArgument._usage_display_name = _usage_name
 
 
 def main() -> None:

@@ -358,3 +358,7 @@ def test_help_shows_metavars_and_whole_descriptions():
         assert "<" not in text and "[[" not in text, (command, text)
     run_help = runner.invoke(app, ["run", "--help"]).stdout
     assert "--shard-size N" in run_help and "--engine local|ray" in run_help
+    usage = {command: runner.invoke(app, [command, "--help"]).stdout.splitlines()[0] for command in ("run", "eval", "warmup")}
+    assert usage == {"run": "Usage: poolcli run [OPTIONS] CONFIG [INPUT]...",  # as Click writes it: no {CONFIG}
+                     "eval": "Usage: poolcli eval [OPTIONS] CONFIG... IMAGES...",
+                     "warmup": "Usage: poolcli warmup [OPTIONS] [CONFIG]"}
