@@ -114,6 +114,14 @@ def test_list_members_names_the_members_it_skips(tmp_path):
     assert listing.skipped_files == (f"{shard}/a.csv", f"{shard}/notes/b.md")
 
 
+def test_a_file_named_as_an_input_is_not_skipped_by_its_folders_walk(tmp_path):
+    photo().save(tmp_path / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    assert collect_inputs([str(tmp_path)]).skipped_files == (str(tmp_path / "notes.txt"),)
+    listing = collect_inputs([str(tmp_path), str(tmp_path / "notes.txt")])  # named: an input (a failure row)
+    assert listing.files == (str(tmp_path / "c.png"), str(tmp_path / "notes.txt")) and listing.skipped_files == ()
+
+
 def test_a_tar_in_a_walked_folder_is_not_opened(tmp_path):
     write_shard(tmp_path / "shard.tar", SOURCES[:2])
     photo().save(tmp_path / "c.png")

@@ -31,8 +31,8 @@ class InputList:
 
     ``root`` is the common folder of all inputs (maps are written relative to it; a tar
     member counts as in its shard's folder) and ``skipped_files`` are the files in walked
-    folders and the members of tar shards (``SHARD.tar/MEMBER``) that are not images, sorted;
-    ``skipped`` is how many. A :meth:`part` holds the keys ``first`` to
+    folders and the members of tar shards (``SHARD.tar/MEMBER``) that are not images (nor
+    named as inputs themselves), sorted; ``skipped`` is how many. A :meth:`part` holds the keys ``first`` to
     ``first + len(files) - 1`` only: what one shard's task is sent. ``members`` is None when
     no input is a tar member, else, for each input, its :class:`TarMember` or None.
     """
@@ -141,7 +141,7 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None, listed:
         raise PoolcliError("no image files found in " + ", ".join(inputs + listed))
     files = tuple(sorted(found))
     root = os.path.commonpath([os.path.dirname(_container(f, found[f])) for f in files])
-    return InputList(files, root, tuple(sorted(skipped)), members=_members(files, found))
+    return InputList(files, root, tuple(sorted(skipped - found.keys())), members=_members(files, found))
 
 
 def _add_shard(found: dict, shard: str) -> list[str]:
@@ -228,4 +228,4 @@ def _collect_urls(inputs: list[str], exclude, listed: list[str]) -> InputList:
         raise PoolcliError("inputs on different kinds of storage; give URLs of one scheme: " + ", ".join(inputs + listed))
     keys = [_container(f, found[f]).split("://", 1)[1] for f in files]
     root = f"{scheme}://" + posixpath.commonpath([posixpath.dirname(k) for k in keys])
-    return InputList(files, root, tuple(sorted(skipped)), members=_members(files, found))
+    return InputList(files, root, tuple(sorted(skipped - found.keys())), members=_members(files, found))
