@@ -15,7 +15,7 @@ onnxruntime (``intra_op_num_threads=2``, one inter-op thread) and PyTorch
 timed alternately, ``--rounds`` rounds in a new random order per round; the table gives
 medians, poolcli's speed as a ratio of each (their time / poolcli's: above 1 is faster) and
 the largest difference of poolcli's output from onnxruntime's relative to the output's largest
-value (SPEC's bound for an imported model is 1e-3).
+value (poolcli promises at most 1e-3 for an imported model).
 
 ``--end-to-end`` runs ``poolcli run`` on 200 JPEG photographs (``end_to_end.make_photos``)
 with the imported ResNet-50 and GeM on top (an ``include`` of the imported pipeline), against

@@ -109,9 +109,8 @@ def _root(
 
 def _load(config: Path):
     from poolcli.pipeline import Pipeline
-    from poolcli.shipped import find_config
 
-    return Pipeline.from_yaml(find_config(config))
+    return Pipeline.from_yaml(config)
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -136,8 +135,9 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --engine ray: the cluster's address (host:port) [default: start a local Ray instance]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT (default: resume the same run)."),
     max_pixels: int = typer.Option(89_478_485, "--max-pixels", metavar="N", help="Larger images are recorded as failures."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (skipped_files: the non-image files left out)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="List every skipped non-image file and every failure, not only the first few."),
 ) -> None:
     """Run the pipeline over images and write descriptors or feature maps to OUT."""
     from poolcli.io.inputs import read_file_list
@@ -157,7 +157,7 @@ def run(
             overwrite=overwrite, max_pixels=max_pixels, progress=progress, engine=engine.value, address=address,
             listed=listed,
         )
-    _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0)
+    _report_run(err, summary, compiled.count if compiled else 0, compiled.seconds if compiled else 0.0, verbose)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     if summary.failed:
@@ -216,13 +216,36 @@ def _compile_watch(console, what: str = "run of this config"):
         markup=False, emoji=False))
 
 
-def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.0) -> None:
-    plural = "" if summary.written == 1 else "s"
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 stage``, ``3 stages``.
+
+    >>> _count(1, "stage"), _count(0, "file"), _count(2, "non-image file")
+    ('1 stage', '0 files', '2 non-image files')
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _display_path(path: str) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if relative.startswith("..") else relative
+
+
+SHOWN_SKIPPED = 3  # skipped files named in the summary line without --verbose
+SHOWN_FAILURES = 10
+
+
+def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.0, verbose: bool = False) -> None:
     if summary.kind == "descriptors":
-        what = f"{summary.written} descriptor{plural}" + (f" of length {summary.dim}" if summary.dim else "")
+        what = _count(summary.written, "descriptor") + (f" of length {summary.dim}" if summary.dim else "")
     else:
         shape = summary.map_shape
-        what = f"{summary.written} feature map{plural}" + (
+        what = _count(summary.written, "feature map") + (
             f" of shape {_shape(shape)}" if isinstance(shape, list) else " (their size follows each image's)" if shape else ""
         )
     if summary.processed == 0:
@@ -234,20 +257,35 @@ def _report_run(console, summary, compiled: int = 0, compile_seconds: float = 0.
             f", {compile_seconds:.1f} s of compiling not counted)" if compile_seconds >= 0.05 else ")")
     extras = [f"{summary.failed} failed"] if summary.failed else []
     if summary.skipped:
-        extras.append(f"{summary.skipped} non-image file{'s' if summary.skipped > 1 else ''} skipped")
+        extras.append(_count(summary.skipped, "non-image file") + " skipped" + _skipped_names(summary, verbose))
     if summary.shards_resumed and summary.processed:
-        extras.append(f"resumed: {summary.shards_resumed} of {summary.shards} shards were already complete")
+        extras.append(f"resumed: {summary.shards_resumed} of {_count(summary.shards, 'shard')} "
+                      f"{'was' if summary.shards_resumed == 1 else 'were'} already complete")
     if compiled:
-        extras.append(f"{compiled} kernel{'s' if compiled > 1 else ''} compiled (cached for later runs)")
+        extras.append(_count(compiled, "kernel") + " compiled (cached for later runs)")
     console.print(line + ("; " + ", ".join(extras) if extras else ""), markup=False, emoji=False)
-    for failure in summary.failures[:10]:
+    if verbose:
+        for path in summary.skipped_files:
+            console.print(f"  skipped: {_display_path(path)}", markup=False, emoji=False)
+    shown = summary.failures if verbose else summary.failures[:SHOWN_FAILURES]
+    for failure in shown:
         console.print(f"  failed: {failure['path']} [{failure['stage']}]: {failure['error']}", style="yellow",
                       markup=False, emoji=False)
-    if len(summary.failures) > 10:
-        console.print(f"  ... and {len(summary.failures) - 10} more: see {summary.out}/failures/", markup=False,
-                      emoji=False)
+    if len(summary.failures) > len(shown):
+        console.print(f"  ... and {len(summary.failures) - len(shown)} more: see {summary.out}/failures/ "
+                      "(or run again with --verbose)", markup=False, emoji=False)
     if summary.parallelism:
         console.print(f"cores: {summary.parallelism}", markup=False, emoji=False)
+
+
+def _skipped_names(summary, verbose: bool) -> str:
+    """`` (notes.txt, README)`` for the summary line: the skipped files, the first few of them
+    and how many more (which --verbose lists one a line)."""
+    if verbose:
+        return " (listed below)"
+    names = [_display_path(path) for path in summary.skipped_files[:SHOWN_SKIPPED]]
+    more = len(summary.skipped_files) - len(names)
+    return f" ({', '.join(names)}" + (f" and {more} more: --verbose lists them)" if more else ")")
 
 
 # --- inspect ------------------------------------------------------------------------------------
@@ -467,7 +505,7 @@ def bench(
     from rich.table import Table
 
     table = Table(title=f"{pipeline.config.name or pipeline.source} on a {_shape(result.input_shape)} input, "
-                  f"{result.threads} kernel thread{'s' if result.threads > 1 else ''}", title_justify="left")
+                  f"{_count(result.threads, 'kernel thread')}", title_justify="left")
     for column in ("stage", "type", "output", "time", "range", "share"):
         table.add_column(column, justify="right" if column in ("time", "range", "share") else "left")
     for r in rows:
@@ -524,8 +562,7 @@ def validate(config: Path = typer.Argument(..., metavar="CONFIG", help=CONFIG_HE
     """Check a config: exit 0 if valid, else one line saying what is wrong."""
     pipeline = _load(config)
     shapes = pipeline.check_shapes()
-    count = len(pipeline.nodes)
-    print(f"{config}: valid ({count} stage{'' if count == 1 else 's'}, writes {_writes(pipeline, shapes)})")
+    print(f"{config}: valid ({_count(len(pipeline.nodes), 'stage')}, writes {_writes(pipeline, shapes)})")
 
 
 def _writes(pipeline, shapes) -> str:
@@ -653,7 +690,7 @@ def index(
     from poolcli.retrieval.index import build_index
 
     summary = build_index(out, kind)
-    _stderr().print(f"indexed {summary.rows} descriptors of length {summary.dim} ({summary.kind})", markup=False)
+    _stderr().print(f"indexed {_count(summary.rows, 'descriptor')} of length {summary.dim} ({summary.kind})", markup=False)
     print(summary.path)
 
 
@@ -675,7 +712,7 @@ def duplicates(
         err.print(report.note, markup=False)
     how = f"chosen from the scores: {report.chosen}; set it with --threshold" if report.chosen else "given"
     in_groups = sum(len(g.members) for g in report.groups)
-    err.print(f"threshold {report.threshold:.4f} ({how}): {len(report.groups)} group{'s' if len(report.groups) != 1 else ''} "
+    err.print(f"threshold {report.threshold:.4f} ({how}): {_count(len(report.groups), 'group')} "
               f"of duplicates, {in_groups} of {report.rows} inputs", markup=False)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -781,8 +818,17 @@ def _argument_type(self, ctx):
     return None
 
 
+def _usage_name(self) -> str:
+    """An argument in the usage line as Click writes it: ``CONFIG`` when required, ``[INPUT]...``
+    when not (this Typer writes a required one as ``{CONFIG}``)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+
 if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = _argument_type
+    if hasattr(typer.core.TyperArgument, "_usage_display_name") and hasattr(typer.core.TyperArgument, "display_name_raw"):
+        typer.core.TyperArgument._usage_display_name = _usage_name
 
 
 def main() -> None:

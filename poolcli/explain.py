@@ -3,7 +3,6 @@ example computed live on the 4x4 map of the docs."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import inspect
 import textwrap
@@ -14,8 +13,9 @@ import numpy as np
 
 from poolcli.errors import ConfigError
 from poolcli.stages import STAGES, Stage
+from poolcli.stages.base import INCLUDE_SUMMARY, suggest_type
 
-# The SPEC's worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
+# The docs' worked-example map: max pooling 2x2, stride 2 gives [[6, 4], [4, 5]].
 WORKED_MAP = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [0, 1, 3, 1], [2, 4, 5, 2]], np.float32)[None]
 
 _COMMON = ("type", "name", "from_")
@@ -41,8 +41,8 @@ def stage_list() -> list[str]:
 def _lookup(stage_type: str):
     cls = STAGES.get(stage_type)
     if cls is None:
-        guess = difflib.get_close_matches(stage_type, STAGES, n=1)
-        hint = f"did you mean '{guess[0]}'?" if guess else "`poolcli stages` lists them"
+        guess = suggest_type(stage_type, {"include": INCLUDE_SUMMARY})
+        hint = f"did you mean '{guess}'?" if guess else "`poolcli stages` lists them"
         raise ConfigError(f"unknown stage type {stage_type!r} ({hint})")
     return cls
 
@@ -127,7 +127,6 @@ def worked_example(stage_type: str) -> tuple[dict, np.ndarray, np.ndarray]:
     return params, x, stage(*inputs)
 
 
-INCLUDE_SUMMARY = "the stages of another config file, in place: a pooling head on an imported trunk"
 INCLUDE_HELP = "include: " + INCLUDE_SUMMARY + """
 
 Puts the stages of the config file `config` here, as if they were written out: their first

@@ -85,8 +85,12 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Pipeline":
-        """Build from a YAML file; errors carry the YAML line where it can be found."""
-        path = Path(path)
+        """Build from a YAML file, or from the name of a config shipped with poolcli
+        (``"retrieval"``, as the commands take it; a file of that name here wins); errors carry
+        the YAML line where it can be found."""
+        from poolcli.shipped import find_config
+
+        path = find_config(path)
         data, text = read_config_file(path)
         try:
             return cls(load_config(data, path.parent), text=text, source=str(path))

@@ -55,7 +55,8 @@ class RunSummary:
     inputs: int
     written: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # non-image files in the folders walked, and members of tar shards
+    skipped_files: list[str] = field(default_factory=list)  # their paths, sorted
     shards: int = 0
     shards_resumed: int = 0
     processed: int = 0  # inputs handled by this call (the others were in complete shards)
@@ -97,7 +98,7 @@ def run(
     address: str | None = None,
     listed: list[str] = (),
 ) -> RunSummary:
-    """Run ``pipeline`` over ``inputs`` into the folder ``out``; see SPEC section 5.
+    """Run ``pipeline`` over ``inputs`` into the folder ``out`` (its layout: :mod:`poolcli.io.output`).
 
     ``inputs`` and ``out`` may be fsspec URLs (``s3://bucket/prefix``); ``listed`` are files
     named one by one (``--files-from``), taken without being looked up. ``engine="ray"`` runs
@@ -136,7 +137,8 @@ def _run_locked(pipeline, listing, folder, started, shard_size, workers, threads
         manifest.update({k: old.get(k) for k in ("dim", "map_shape")})
 
     n_shards = -(-len(listing) // shard_size)
-    summary = RunSummary(str(folder.path), pipeline.kind, len(listing), skipped=listing.skipped, shards=n_shards)
+    summary = RunSummary(str(folder.path), pipeline.kind, len(listing), skipped=listing.skipped,
+                         skipped_files=list(listing.skipped_files), shards=n_shards)
     done_stats = {i: s for i in range(n_shards) if (s := folder.shard_stats(i)) is not None}
     summary.shards_resumed = len(done_stats)
     pending = [i for i in range(n_shards) if i not in done_stats]

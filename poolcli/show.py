@@ -4,7 +4,8 @@ One PNG per stage (and the input, in colour): its channels as a grid, each chann
 to its own 1st..99th percentile so that faint structure is visible, and labelled with what it
 is (the colour it comes from, the filter that made it: ``G gabor 45° wl4``) and the values that
 its black and white stand for; vectors as bar charts. Plus ``overview.png``: one row per stage
-with its first channels, to follow an image through the whole pipeline. Tiny maps are enlarged with nearest-neighbour (every value stays a visible
+with its first channels, captioned alike, and the input in colour, to follow an image through
+the whole pipeline. Tiny maps are enlarged with nearest-neighbour (every value stays a visible
 square), large ones reduced, so every tile lands between ``MIN_TILE`` and ``MAX_TILE`` pixels.
 """
 
@@ -83,6 +84,23 @@ def _scale_text(span: tuple[float, float] | None) -> str:
     return f"{low:.3g}" if high <= low else f"{low:.3g} .. {high:.3g}"
 
 
+def caption(c: int, channel: np.ndarray, labels: list[str] | None) -> tuple[str, str]:
+    """The two lines under channel ``c``'s tile: its name (``c3 R gabor 45°``, from ``labels``
+    where they say what it is), and the values its black and white stand for.
+
+    >>> caption(1, np.array([[0.0, 0.5], [1.0, 2.0]], np.float32), ["R", "G", "B"])
+    ('c1 G', '0 .. 2')
+    """
+    name = f"c{c}" + (f" {labels[c]}" if labels and c < len(labels) and labels[c] else "")
+    return name, _scale_text(value_range(channel))
+
+
+def _colour_range(array: np.ndarray) -> tuple[float, float] | None:
+    """The values a colour picture's black and white stand for (the channels stretched alike)."""
+    finite = array[np.isfinite(array)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
 def channel_grid(array: np.ndarray, title: str, max_channels: int = 64,
                  labels: list[str] | None = None) -> Image.Image:
     """A (C, H, W) map as a grid of channel tiles under a title, each labelled with its name
@@ -101,17 +119,16 @@ def channel_grid(array: np.ndarray, title: str, max_channels: int = 64,
     for c, tile in enumerate(tiles):
         x, y = 8 + (c % columns) * cell_w, 36 + (c // columns) * cell_h
         canvas.paste(tile.convert("RGB"), (x, y))
-        name = f"c{c}" + (f" {labels[c]}" if labels and c < len(labels) and labels[c] else "")
+        name, scale = caption(c, array[c], labels)
         draw.text((x, y + tile.height + 3), name, fill=INK, font=label_font)
-        draw.text((x, y + tile.height + 17), _scale_text(value_range(array[c])), fill=MUTED, font=label_font)
+        draw.text((x, y + tile.height + 17), scale, fill=MUTED, font=label_font)
     return canvas
 
 
 def _rgb(array: np.ndarray, longest: int | None = None) -> Image.Image:
     """A 3-channel map as one colour image (the channels stretched alike, so colours keep their
     balance), at most 512 pixels long, or ``longest`` pixels long."""
-    finite = array[np.isfinite(array)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    low, high = _colour_range(array) or (0.0, 0.0)
     scaled = (np.nan_to_num(array, nan=low) - low) / (high - low) if high > low else np.zeros_like(array)
     rgb = Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
     if longest is not None:
@@ -165,28 +182,39 @@ def _picture(name: str, kind: str, array: np.ndarray, max_channels: int, labels:
     return channel_grid(array, title, max_channels, labels)
 
 
-def overview(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
-    """One row per stage: title, then its first channels at a common height (or its bars); the
-    input, when it has three channels, in colour."""
+def overview(rows: list[tuple[str, np.ndarray, list[str] | None]]) -> Image.Image:
+    """One row per stage (title, array, its channels' labels): the title, then its first channels
+    at a common height, each captioned as in the stage's own picture (what it is, the values of
+    its black and white), or its bars; the input, when it has three channels, in colour, with
+    the values its black and white stand for."""
     strips = []
-    for number, (title, array) in enumerate(rows):
+    font = _font(12)
+    for number, (title, array, labels) in enumerate(rows):
         if array.ndim == 1:
             strips.append(bar_chart(array, title, height=OVERVIEW_HEIGHT - 40))
             continue
         h, w = array.shape[1:]
         longest = min(round(OVERVIEW_HEIGHT * max(h, w) / h), 4 * OVERVIEW_HEIGHT)  # rows share one height
         if number == 0 and array.shape[0] == 3:
+            colours = "".join(labels) if labels else "3 channels"
             tiles = [ImageOps.expand(_rgb(array, longest), border=1, fill=160)]
+            captions = [(f"{colours} in colour", _scale_text(_colour_range(array)))]
         else:
-            tiles = [_tile(array[c], longest) for c in range(min(OVERVIEW_CHANNELS, array.shape[0]))]
+            shown = range(min(OVERVIEW_CHANNELS, array.shape[0]))
+            tiles = [_tile(array[c], longest) for c in shown]
+            captions = [caption(c, array[c], labels) for c in shown]
         more = 0 if number == 0 and array.shape[0] == 3 else array.shape[0] - len(tiles)
-        strip = Image.new("RGB", (max(sum(t.width + 6 for t in tiles) + 16, 420), max(t.height for t in tiles) + 40), BACKGROUND)
+        widths = [max(tile.width, *(round(font.getlength(line)) for line in lines)) for tile, lines in zip(tiles, captions)]
+        strip = Image.new("RGB", (max(sum(wd + 10 for wd in widths) + 16, 420), max(t.height for t in tiles) + 72),
+                          BACKGROUND)
         draw = ImageDraw.Draw(strip)
         draw.text((8, 6), title + (f"  (+{more} more channels)" if more > 0 else ""), fill=INK, font=_font(14))
         x = 8
-        for tile in tiles:
+        for tile, (name, scale), width in zip(tiles, captions, widths):
             strip.paste(tile.convert("RGB"), (x, 32))
-            x += tile.width + 6
+            draw.text((x, 32 + tile.height + 3), name, fill=INK, font=font)
+            draw.text((x, 32 + tile.height + 17), scale, fill=MUTED, font=font)
+            x += width + 10
         strips.append(strip)
     canvas = Image.new("RGB", (max(s.width for s in strips), sum(s.height + 4 for s in strips)), BACKGROUND)
     y = 0
@@ -265,7 +293,7 @@ def show(pipeline: Pipeline, image_path: str | Path, out_dir: str | Path, max_ch
         path = out_dir / _file_name(index, name)
         _picture(name, kind, array, max_channels, labels.get(name)).save(path)
         written.append(path)
-    rows = [(f"{name} ({kind}) {'x'.join(map(str, a.shape))}", a) for name, kind, a in entries]
+    rows = [(f"{name} ({kind}) {'x'.join(map(str, a.shape))}", a, labels.get(name)) for name, kind, a in entries]
     overview(rows).save(out_dir / "overview.png")
     written.append(out_dir / "overview.png")
     return written

@@ -117,6 +117,69 @@ def test_run_every_shipped_config_on_the_sample_images(tmp_path, config):
     assert again.returncode == 0 and json.loads(again.stdout)["shards_resumed"] == 1
 
 
+def test_run_names_the_files_it_skips(tmp_path):
+    """The summary line names the first few non-image files and counts the rest; --verbose lists
+    each one; --json gives them all as skipped_files."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "cat.png").write_bytes((SAMPLES / "chelsea.png").read_bytes())
+    others = ["README", "notes.txt", "sub/a.json", "sub/b.json", "z.csv"]
+    for name in others:
+        (photos / name).write_text("no image\n")
+    config = ROOT / "configs" / "gabor_gem.yaml"
+    done = cli("run", config, "photos", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("wrote 1 descriptor of length 48 to out in " in done.stderr
+            and "5 non-image files skipped (photos/README, photos/notes.txt, photos/sub/a.json and 2 more: "
+            "--verbose lists them)" in done.stderr), done.stderr
+    verbose = cli("run", config, "photos", "-o", "out2", "--no-progress", "--verbose", cwd=tmp_path)
+    assert "5 non-image files skipped (listed below)" in verbose.stderr
+    assert [line for line in verbose.stderr.splitlines() if line.startswith("  skipped: ")] == [
+        f"  skipped: photos/{name}" for name in sorted(others)]
+    summary = json.loads(cli("run", config, "photos", "-o", "out3", "--json", cwd=tmp_path).stdout)
+    assert summary["skipped"] == 5 and summary["skipped_files"] == [str(photos / name) for name in sorted(others)]
+    (photos / "z.csv").unlink()
+    (photos / "sub" / "b.json").unlink()
+    few = cli("run", config, "photos", "-o", "out4", "--no-progress", cwd=tmp_path)
+    assert "3 non-image files skipped (photos/README, photos/notes.txt, photos/sub/a.json)" in few.stderr, few.stderr
+
+
+def test_verbose_lists_every_failure(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        (photos / f"broken{i:02d}.png").write_bytes(b"not a png")
+    config = ROOT / "configs" / "gabor_gem.yaml"
+    brief = cli("run", config, photos, "-o", tmp_path / "out", "--no-progress")
+    failed = [line for line in brief.stderr.splitlines() if line.startswith("  failed: ")]
+    assert brief.returncode == 3 and len(failed) == 10
+    assert f"  ... and 2 more: see {tmp_path / 'out'}/failures/ (or run again with --verbose)" in brief.stderr
+    verbose = cli("run", config, photos, "-o", tmp_path / "out2", "--no-progress", "--verbose")
+    failed = [line for line in verbose.stderr.splitlines() if line.startswith("  failed: ")]
+    assert verbose.returncode == 3 and len(failed) == 12 and "more: see" not in verbose.stderr
+
+
+def test_a_first_runs_images_per_second_leaves_its_compiling_out():
+    from poolcli.cli import _report_run
+    from poolcli.runner import RunSummary
+
+    class Lines:
+        def __init__(self):
+            self.lines = []
+
+        def print(self, text, **_):
+            self.lines.append(text)
+
+    summary = RunSummary("out", "descriptors", 20, written=20, processed=20, dim=48, seconds=12.0)
+    console = Lines()
+    _report_run(console, summary, compiled=3, compile_seconds=10.0)
+    assert console.lines == ["wrote 20 descriptors of length 48 to out in 12.0 s (10.0 images/s, 10.0 s of compiling "
+                             "not counted); 3 kernels compiled (cached for later runs)"]
+    console = Lines()
+    _report_run(console, summary)
+    assert console.lines == ["wrote 20 descriptors of length 48 to out in 12.0 s (1.7 images/s)"]
+
+
 def test_run_summary_prints_paths_as_they_are(tmp_path):
     # a log or pipe gets plain lines: brackets and colons in paths are not read as Rich markup
     folder = tmp_path / "in [x] :smile:"
@@ -177,6 +240,25 @@ def test_a_length_that_follows_the_image_size_is_said_so(tmp_path):
     result = runner.invoke(app, ["validate", str(fixed)])
     assert result.stdout.strip() == f"{fixed}: valid (2 stages, writes descriptors of length 72)"
     assert json.loads(runner.invoke(app, ["inspect", str(fixed), "--json"]).stdout)["length_depends_on_size"] is False
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench"])
+def test_an_image_that_cannot_be_read_is_named(tmp_path, command):
+    for image, reason in [(tmp_path / "nope.jpg", "No such file"), (tmp_path / "notes.jpg", "")]:
+        if reason == "":
+            image.write_text("not a jpeg\n")
+        result = runner.invoke(app, [command, str(ROOT / "configs" / "gabor_gem.yaml"), "--image", str(image)])
+        assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
+        assert result.stderr.startswith(f"error: --image {image}: ") and reason in result.stderr
+
+
+def test_index_on_a_maps_run_says_index_needs_descriptors(tmp_path):
+    config = tmp_path / "maps.yaml"
+    config.write_text("input: {resize: {size: [16, 16]}}\nstages: [{type: max_pool, kernel_size: 2}]\n")
+    assert cli("run", config, SAMPLES / "camera.png", "-o", tmp_path / "out", "--no-progress").returncode == 0
+    result = runner.invoke(app, ["index", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "holds feature maps, not descriptors" in result.stderr
+    assert "index needs descriptors" in result.stderr and "search" not in result.stderr
 
 
 def test_validate_says_one_stage(tmp_path):
@@ -248,11 +330,15 @@ def test_shipped_configs_and_their_files_are_package_data():
 
 
 def test_the_products_docs_stand_alone():
-    """README, docs/, `poolcli stages TYPE` and every --help never send a user to SPEC, a
-    development file that does not ship."""
+    """README, docs/, the package's docstrings, comments and shipped configs, the benchmarks,
+    `poolcli stages TYPE` and every --help never send a user to SPEC, a development file that
+    does not ship."""
     from poolcli.stages import STAGES
 
-    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "benchmarks").glob("*.py"),
+               *(p for p in (ROOT / "poolcli").rglob("*") if p.suffix in (".py", ".yaml", ".md"))]
+    assert len(sources) > 50
+    texts = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sources}
     for name in sorted({cls.type_names[0] for cls in STAGES.values()}):
         texts[f"stages {name}"] = runner.invoke(app, ["stages", name]).stdout
     for command in [None, *(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)]:
@@ -272,3 +358,7 @@ def test_help_shows_metavars_and_whole_descriptions():
         assert "<" not in text and "[[" not in text, (command, text)
     run_help = runner.invoke(app, ["run", "--help"]).stdout
     assert "--shard-size N" in run_help and "--engine local|ray" in run_help
+    usage = {command: runner.invoke(app, [command, "--help"]).stdout.splitlines()[0] for command in ("run", "eval", "warmup")}
+    assert usage == {"run": "Usage: poolcli run [OPTIONS] CONFIG [INPUT]...",  # as Click writes it: no {CONFIG}
+                     "eval": "Usage: poolcli eval [OPTIONS] CONFIG... IMAGES...",
+                     "warmup": "Usage: poolcli warmup [OPTIONS] [CONFIG]"}

@@ -20,7 +20,8 @@ from PIL import Image
 from fixtures import SAMPLE_IMAGES, photo
 from poolcli import read_descriptors
 from poolcli.errors import PoolcliError
-from poolcli.io.inputs import collect_inputs
+from poolcli.io.inputs import IMAGE_EXTENSIONS, collect_inputs
+from poolcli.io.tars import list_members
 from poolcli.pipeline import Pipeline
 from poolcli.runner import run
 from processes import cli
@@ -78,6 +79,7 @@ def test_a_shard_gives_the_descriptors_of_its_files_in_a_folder(tmp_path, pipeli
     np.testing.assert_array_equal(ours, theirs)
     assert (from_tar.written, from_tar.failed) == (6, 0)
     assert from_tar.skipped == 1  # README.md; each image's .json and .txt belong to its sample
+    assert from_tar.skipped_files == [f"{shard}/README.md"]  # named as a member input is
     rows, folder_rows = metadata(tmp_path / "out_tar"), metadata(tmp_path / "out_folder")
     assert [row["path"] for row in rows] == [f"{shard}/{index:09d}{s.suffix}" for index, s in enumerate(SOURCES)]
     assert rows[2]["url"] == f"https://example.org/{SOURCES[2].name}"
@@ -101,6 +103,23 @@ def test_shards_globs_and_folders_make_one_sorted_list(tmp_path):
     assert listing.root == str(tmp_path) and listing.relative(0) == f"a.tar/000000002{SOURCES[2].suffix}"
     assert listing.part(3, 5).source(4) == str(tmp_path / "c.png")
     assert listing.part(3, 5).source(3).name == f"000000001{SOURCES[1].suffix}"
+
+
+def test_list_members_names_the_members_it_skips(tmp_path):
+    shard = write_shard(tmp_path / "s.tar", SOURCES[:2], extra=[("notes/b.md", b"b"), ("a.csv", b"a,b\n")])
+    members, skipped = list_members(str(shard), IMAGE_EXTENSIONS)
+    assert [m.name for m in members] == [f"00000000{i}{s.suffix}" for i, s in enumerate(SOURCES[:2])]
+    assert skipped == [f"{shard}/notes/b.md", f"{shard}/a.csv"]  # in archive order; sidecars are not skipped
+    listing = collect_inputs([str(shard), str(shard)])  # named twice: each skipped member once
+    assert listing.skipped_files == (f"{shard}/a.csv", f"{shard}/notes/b.md")
+
+
+def test_a_file_named_as_an_input_is_not_skipped_by_its_folders_walk(tmp_path):
+    photo().save(tmp_path / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    assert collect_inputs([str(tmp_path)]).skipped_files == (str(tmp_path / "notes.txt"),)
+    listing = collect_inputs([str(tmp_path), str(tmp_path / "notes.txt")])  # named: an input (a failure row)
+    assert listing.files == (str(tmp_path / "c.png"), str(tmp_path / "notes.txt")) and listing.skipped_files == ()
 
 
 def test_a_tar_in_a_walked_folder_is_not_opened(tmp_path):

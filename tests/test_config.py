@@ -59,6 +59,34 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("written, meant", [
+    ("gem_pool", "gem"),  # what the words say, not the fewest letters changed (max_pool)
+    ("global_mean_pool", "global_avg_pool"),  # mean: the summary's word; not global_max_pool
+    ("global_average_pooling", "global_avg_pool"),
+    ("generalized_mean", "gem"),  # from gem's summary alone
+    ("adaptive_mean_pool", "adaptive_avg_pool"),
+    ("whitening", "whiten"),
+    ("sobel", "conv"),  # a filter bank the conv summary names
+    ("relu", "activation"),
+    ("maxpool", "max_pool"),  # misspellings still find their type
+    ("max_pol", "max_pool"),
+    ("spco", "spoc"),  # an alias
+    ("includ", "include"),
+])
+def test_an_unknown_type_suggests_what_it_means(tmp_path, written, meant):
+    with pytest.raises(ConfigError, match=rf"unknown stage type '{written}' \(did you mean '{meant}'\?\)"):
+        from_yaml(tmp_path, f"stages:\n  - type: {written}\n")
+    from poolcli.explain import describe_stage
+
+    with pytest.raises(ConfigError, match=rf"did you mean '{meant}'\?"):  # `poolcli stages TYPE` suggests alike
+        describe_stage(written)
+
+
+def test_an_unknown_type_like_no_stage_suggests_none(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown stage type 'xyzzy' \(see `poolcli stages` for the list\)"):
+        from_yaml(tmp_path, "stages: [{type: xyzzy}]")
+
+
 def test_non_utf8_config(tmp_path):
     path = tmp_path / "pipe.yaml"
     path.write_bytes(b"stages: [{type: \xff}]")

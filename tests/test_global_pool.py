@@ -158,7 +158,7 @@ def test_global_pools_need_a_map():
     ({"type": "gem", "eps": -1}, r"\.eps: must be > 0"),
     ({"type": "gem", "q": 3}, r"unknown key 'q'"),
     ({"type": "spoc", "p": 3}, r"unknown key 'p'"),
-    ({"type": "global_mean_pool"}, r"unknown stage type 'global_mean_pool' \(did you mean 'global_max_pool'\?\)"),
+    ({"type": "global_mean_pool"}, r"unknown stage type 'global_mean_pool' \(did you mean 'global_avg_pool'\?\)"),
 ])
 def test_config_errors(raw, message):
     with pytest.raises(ConfigError, match=message):

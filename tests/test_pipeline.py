@@ -2,12 +2,15 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import naive
-from poolcli import Pipeline, ShapeError
+from poolcli import ConfigError, Pipeline, ShapeError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_trace_equals_the_real_output_shapes(rng):
@@ -228,3 +231,17 @@ def test_a_conv_writes_over_a_spent_residual_and_never_one_still_needed(later_us
     if later_use:
         expected = expected + a
     np.testing.assert_allclose(pipeline(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_from_yaml_takes_a_shipped_configs_name(tmp_path, monkeypatch):
+    """The Python API takes a shipped config by name, from any folder, as the commands do."""
+    monkeypatch.chdir(tmp_path)
+    by_name = Pipeline.from_yaml("retrieval")
+    assert by_name.config.base_dir.resolve() == (ROOT / "poolcli" / "configs").resolve()  # its .npy files are found
+    x = np.random.default_rng(0).random((3, 64, 80), dtype=np.float32)
+    np.testing.assert_array_equal(by_name(x), Pipeline.from_yaml(ROOT / "configs" / "retrieval.yaml")(x))
+    assert Pipeline.from_yaml("gabor_gem.yaml").trace((3, 32, 32))[-1].out_shape == (48,)
+    (tmp_path / "gabor_gem.yaml").write_text("stages: [{type: spoc}]\n")  # a file of that name wins
+    assert Pipeline.from_yaml("gabor_gem.yaml").trace((3, 32, 32))[-1].out_shape == (3,)
+    with pytest.raises(ConfigError, match=r"nor a shipped config named 'retrievl' \(did you mean 'retrieval'\?"):
+        Pipeline.from_yaml("retrievl")

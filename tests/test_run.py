@@ -35,6 +35,8 @@ def test_descriptor_run_writes_the_spec_layout(tmp_path, images):
     out = tmp_path / "out"
     summary = run(Pipeline.from_config(DESCRIPTOR), [str(images)], out, shard_size=3)
     assert (summary.written, summary.failed, summary.skipped, summary.shards) == (7, 1, 1, 3)
+    assert summary.skipped_files == [str(images / "notes.txt")]
+    assert summary.to_dict()["skipped_files"] == [str(images / "notes.txt")]  # run --json's
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == [
         "descriptors/part-00000.npy", "descriptors/part-00001.npy", "descriptors/part-00002.npy",

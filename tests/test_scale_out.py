@@ -261,7 +261,7 @@ def test_a_task_failing_on_every_try_stops_the_run_with_its_reason(tmp_path, ray
 
     pipe = Pipeline.from_config(DESCRIPTOR)
     missing = tmp_path / "not-mounted"
-    listing = InputList((str(missing / "a.png"),), str(missing), 0)
+    listing = InputList((str(missing / "a.png"),), str(missing))
     folder = RunFolder(tmp_path / "out")
     manifest = _manifest(pipe, listing, 1)
     folder.open(manifest, _config_text(pipe), overwrite=False)

@@ -101,3 +101,33 @@ def test_each_tile_says_its_value_scale_and_the_input_is_in_colour(tmp_path):
     assert (np.abs(overview[..., 0] - overview[..., 2]) > 40).sum() > 1000  # its input row too
     gray = np.asarray(Image.open(written[1])).astype(int)  # a map's grid stays grey
     assert (np.abs(gray[..., 0] - gray[..., 2]) > 40).sum() == 0
+
+
+def test_the_overview_captions_each_tile_with_what_it_is_and_its_value_scale(tmp_path, monkeypatch):
+    """Every tile of overview.png is captioned as in its stage's own picture: the channel's
+    name (colour and filter) and the values of its black and white; the input, in colour, with
+    the range of its values."""
+    from PIL import ImageDraw
+
+    from poolcli import load_image
+    from poolcli.show import _scale_text, value_range
+
+    drawn = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, *args, **kwargs):
+        drawn.append(words)
+        return original(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    pipe = Pipeline.from_config(CONFIG)
+    image = ROOT / "sample_images" / "chelsea.png"
+    show(pipe, image, tmp_path / "out")
+    overview = drawn[max(i for i, words in enumerate(drawn) if words.startswith("input (input) ")):]  # drawn last
+    x = pipe.outputs(load_image(image, pipe.config.input))
+    assert overview[1:3] == ["RGB in colour", _scale_text((float(x["input"].min()), float(x["input"].max())))]
+    edges = next(i for i, words in enumerate(overview) if words.startswith("edges (conv) 6x"))
+    assert overview[edges + 1:edges + 5] == [
+        "c0 R sobel x", _scale_text(value_range(x["edges"][0])), "c1 R sobel y", _scale_text(value_range(x["edges"][1]))]
+    pool = next(i for i, words in enumerate(overview) if words.startswith("pool (max_pool) "))
+    assert overview[pool + 11:pool + 13] == ["c5 B sobel y", _scale_text(value_range(x["pool"][5]))]

@@ -59,6 +59,23 @@ def test_bench_gives_the_spread_of_its_calls_and_warns_when_they_disagree(monkey
     assert "warning: the times of gabor, pool, gem, the pipeline call vary more than 2x" in noisy.stderr
 
 
+@pytest.mark.parametrize("call_seconds, line", [
+    (0.015, "one pipeline call: 15.00 ms (the stages plus 5.00 ms of the pipeline's own work)"),
+    (0.008, "one pipeline call: 8.00 ms, 2.00 ms less than its stages timed one by one (each timed alone, "
+            "and the times vary from call to call)"),  # never "the stages plus -2.00 ms"
+])
+def test_bench_says_how_a_pipeline_call_compares_with_its_stages(monkeypatch, call_seconds, line):
+    from poolcli import bench as bench_module
+
+    stages = [bench_module.StageTime("a", "max_pool", (3, 8, 8), 0.004, 0.004, 0.004),
+              bench_module.StageTime("b", "gem", (3,), 0.006, 0.006, 0.006)]
+    timed = bench_module.BenchResult((3, 16, 16), None, stages,
+                                     bench_module.StageTime("pipeline", "", (3,), call_seconds, call_seconds, call_seconds), 1)
+    monkeypatch.setattr(bench_module, "bench", lambda *args, **kwargs: timed)
+    result = invoke("bench", GABOR_GEM, "--size", 16, 16)
+    assert result.exit_code == 0 and line in " ".join(result.stdout.split()), result.stdout
+
+
 def test_bench_percentiles():
     from poolcli.bench import median_time
 

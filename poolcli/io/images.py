@@ -1,4 +1,4 @@
-"""Decoding one input file into a float32 ``(C, H, W)`` array (SPEC section 2).
+"""Decoding one input file into a float32 ``(C, H, W)`` array, as every command reads an image.
 
 The file is read once: its bytes are hashed, then decoded by content whatever the extension
 says. ``.npy`` files are recognised by their magic bytes and taken as they are; everything else

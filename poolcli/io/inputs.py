@@ -30,20 +30,25 @@ class InputList:
     """Inputs in processing order: ``path(key)`` is the input with that key.
 
     ``root`` is the common folder of all inputs (maps are written relative to it; a tar
-    member counts as in its shard's folder) and ``skipped`` counts the files in walked folders
-    and members of tar shards that are not images. A :meth:`part` holds the keys ``first`` to
+    member counts as in its shard's folder) and ``skipped_files`` are the files in walked
+    folders and the members of tar shards (``SHARD.tar/MEMBER``) that are not images (nor
+    named as inputs themselves), sorted; ``skipped`` is how many. A :meth:`part` holds the keys ``first`` to
     ``first + len(files) - 1`` only: what one shard's task is sent. ``members`` is None when
     no input is a tar member, else, for each input, its :class:`TarMember` or None.
     """
 
     files: tuple[str, ...]
     root: str
-    skipped: int
+    skipped_files: tuple[str, ...] = ()
     first: int = 0
     members: tuple[TarMember | None, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_files)
 
     def sha256(self) -> str:
         """Identity of the list, to refuse resuming a run over different inputs."""
@@ -63,7 +68,7 @@ class InputList:
     def part(self, first: int, end: int) -> InputList:
         """The inputs with keys ``[first, end)``, keeping their keys."""
         members = self.members[first - self.first:end - self.first] if self.members is not None else None
-        return InputList(self.files[first - self.first:end - self.first], self.root, 0, first, members)
+        return InputList(self.files[first - self.first:end - self.first], self.root, (), first, members)
 
     def relative(self, key: int) -> str:
         if is_url(self.root):
@@ -106,11 +111,11 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None, listed:
     # Compared by real path: OUT reached through a link, or named through one, is still OUT.
     excluded = os.path.realpath(exclude) if exclude is not None else None
     found: dict[str, TarMember | None] = {}
-    skipped = 0
+    skipped: set[str] = set()
     for given in listed:
         path = os.path.abspath(given)
         if is_tar(path):
-            skipped += _add_shard(found, path)
+            skipped.update(_add_shard(found, path))
         elif not _inside(os.path.realpath(path), excluded):
             found[path] = None
     for given in inputs:
@@ -127,20 +132,20 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None, listed:
             if os.path.isdir(path):
                 files, not_images = _walk(path, excluded)
                 found.update(dict.fromkeys(files))
-                skipped += not_images
+                skipped.update(not_images)
             elif is_tar(path) and os.path.isfile(path):
-                skipped += _add_shard(found, path)
+                skipped.update(_add_shard(found, path))
             elif not _inside(os.path.realpath(path), excluded):
                 found[path] = None
     if not found:
         raise PoolcliError("no image files found in " + ", ".join(inputs + listed))
     files = tuple(sorted(found))
     root = os.path.commonpath([os.path.dirname(_container(f, found[f])) for f in files])
-    return InputList(files, root, skipped, members=_members(files, found))
+    return InputList(files, root, tuple(sorted(skipped - found.keys())), members=_members(files, found))
 
 
-def _add_shard(found: dict, shard: str) -> int:
-    """The image members of the tar ``shard`` into ``found``; returns how many were skipped."""
+def _add_shard(found: dict, shard: str) -> list[str]:
+    """The image members of the tar ``shard`` into ``found``; returns the skipped members' paths."""
     members, skipped = list_members(shard, IMAGE_EXTENSIONS)
     found.update((member.path, member) for member in members)
     return skipped
@@ -160,8 +165,9 @@ def _inside(path: str, folder: str | None, sep: str = os.sep) -> bool:
     return folder is not None and (path == folder or path.startswith(folder.rstrip(sep) + sep))
 
 
-def _walk(folder: str, excluded: str | None) -> tuple[list[str], int]:
-    files, skipped = [], 0
+def _walk(folder: str, excluded: str | None) -> tuple[list[str], list[str]]:
+    """The image files under ``folder``, and the other files (skipped)."""
+    files, skipped = [], []
     for parent, dirs, names in os.walk(folder):  # does not follow links to folders: no loops
         real_parent = os.path.realpath(parent)
         dirs[:] = [d for d in dirs if not _inside(os.path.join(real_parent, d), excluded)]
@@ -172,7 +178,7 @@ def _walk(folder: str, excluded: str | None) -> tuple[list[str], int]:
                     continue  # a link to a file in OUT: poolcli's own output
                 files.append(path)
             else:
-                skipped += 1
+                skipped.append(os.path.join(parent, name))
     return files, skipped
 
 
@@ -181,11 +187,11 @@ def _collect_urls(inputs: list[str], exclude, listed: list[str]) -> InputList:
         raise PoolcliError("inputs mix local paths and URLs; give one kind: " + ", ".join(inputs + listed))
     excluded = str(RemotePath(str(exclude))) if exclude is not None and is_url(str(exclude)) else None
     found: dict[str, TarMember | None] = {}
-    skipped = 0
+    skipped: set[str] = set()
     try:
         for given in listed:
             if is_tar(given):
-                skipped += _add_shard(found, str(RemotePath(given)))
+                skipped.update(_add_shard(found, str(RemotePath(given))))
             else:
                 found[str(RemotePath(given))] = None
         for given in inputs:
@@ -207,9 +213,9 @@ def _collect_urls(inputs: list[str], exclude, listed: list[str]) -> InputList:
                         if os.path.splitext(file.name)[1].lower() in IMAGE_EXTENSIONS:
                             found[url] = None
                         else:
-                            skipped += 1
+                            skipped.add(url)
                 elif is_tar(str(path)):
-                    skipped += _add_shard(found, str(path))
+                    skipped.update(_add_shard(found, str(path)))
                 elif not _inside(str(path), excluded, "/"):
                     found[str(path)] = None
     except OSError as exc:
@@ -222,4 +228,4 @@ def _collect_urls(inputs: list[str], exclude, listed: list[str]) -> InputList:
         raise PoolcliError("inputs on different kinds of storage; give URLs of one scheme: " + ", ".join(inputs + listed))
     keys = [_container(f, found[f]).split("://", 1)[1] for f in files]
     root = f"{scheme}://" + posixpath.commonpath([posixpath.dirname(k) for k in keys])
-    return InputList(files, root, skipped, members=_members(files, found))
+    return InputList(files, root, tuple(sorted(skipped - found.keys())), members=_members(files, found))

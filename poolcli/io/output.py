@@ -1,4 +1,5 @@
-"""The output folder (SPEC section 5): atomic writes, shards, manifest, resume.
+"""The output folder of a run (manifest, descriptor or map files, metadata, failures, stats):
+atomic writes, shards, resume.
 
 Every file is written under a temporary name in its final folder and renamed into place, so a
 killed run never leaves a file that looks complete. A shard is complete when its

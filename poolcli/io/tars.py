@@ -91,9 +91,10 @@ def _read_range(shard: str, offset: int, size: int) -> bytes:
         return file.read(size)
 
 
-def list_members(shard: str, extensions: frozenset[str]) -> tuple[list[TarMember], int]:
+def list_members(shard: str, extensions: frozenset[str]) -> tuple[list[TarMember], list[str]]:
     """The members of ``shard`` whose extension is in ``extensions`` (the inputs), in archive
-    order, and how many other members are neither inputs nor a sidecar of one (the skipped).
+    order, and the paths (``SHARD.tar/MEMBER``, as the inputs') of the other members that are
+    neither inputs nor a sidecar of one (the skipped), in archive order.
     Damage becomes a member with a ``problem``; a shard that cannot be opened at all raises
     PoolcliError, as a missing input does."""
     location = as_path(shard)
@@ -109,7 +110,7 @@ def list_members(shard: str, extensions: frozenset[str]) -> tuple[list[TarMember
         try:
             archive = tarfile.open(fileobj=file, mode="r:")  # plain tar only: no compression
         except tarfile.TarError as exc:
-            return [TarMember(shard, "", problem=f"not a tar archive: {exc}")], 0
+            return [TarMember(shard, "", problem=f"not a tar archive: {exc}")], []
         try:
             for info in archive:
                 entries.append(info)
@@ -120,14 +121,14 @@ def list_members(shard: str, extensions: frozenset[str]) -> tuple[list[TarMember
     files = [info for info in entries if info.isfile()]
     by_name = {info.name: info for info in files}
     sample_keys = {_sample_key(info.name) for info in files if _extension(info.name) in extensions}
-    members, skipped = [], 0
+    members, skipped = [], []
     for info in files:
         if _extension(info.name) in extensions:
             sidecar = by_name.get(_sample_key(info.name) + ".json")
             where = (sidecar.offset_data, sidecar.size) if sidecar is not None else None
             members.append(TarMember(shard, info.name, info.offset_data, info.size, where))
         elif _sample_key(info.name) not in sample_keys:
-            skipped += 1
+            skipped.append(TarMember(shard, info.name).path)
     if problem is not None:
         members.append(TarMember(shard, "", problem=problem))
     return members, skipped

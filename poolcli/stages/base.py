@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import re
 import types
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,6 +30,9 @@ from poolcli.config import Model, validate_model
 from poolcli.errors import ConfigError, ShapeError
 
 STAGES: dict[str, type["Stage"]] = {}
+# ``include`` is no stage (the pipeline puts another config's stages in its place), but a config
+# names it as a type: `poolcli stages` lists it and a misspelt type may mean it.
+INCLUDE_SUMMARY = "the stages of another config file, in place: a pooling head on an imported trunk"
 
 
 class _LazyModule(types.ModuleType):
@@ -172,10 +176,77 @@ def build_stage(raw: dict[str, Any], index: int, context: dict | None = None) ->
         raise ConfigError(f"stages[{index}]: 'type' is required (see `poolcli stages`)", loc=where)
     cls = STAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        guess = difflib.get_close_matches(str(kind), STAGES, n=1)
-        hint = f"did you mean '{guess[0]}'?" if guess else "see `poolcli stages` for the list"
+        guess = suggest_type(str(kind), {"include": INCLUDE_SUMMARY})
+        hint = f"did you mean '{guess}'?" if guess else "see `poolcli stages` for the list"
         raise ConfigError(f"stages[{index}].type: unknown stage type {kind!r} ({hint})", loc=where + ("type",))
     try:
         return validate_model(cls, raw, where, stage_label(raw), context=context)
     except ValueError as exc:  # raised by a stage's own checks outside pydantic
         raise ConfigError(f"stages[{index}]{stage_label(raw)}: {exc}", loc=where) from None
+
+
+# --- "did you mean" for a stage type -----------------------------------------------------------
+
+# Words users write for what the names and summaries say otherwise ("global_mean_pool").
+_SYNONYMS = {"mean": ("avg",), "average": ("avg", "mean"), "avg": ("mean",), "maximum": ("max",), "max": ("maximum",),
+             "sum": ("add",), "normalize": ("norm",), "normalise": ("norm",), "pooling": ("pool",)}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _similarity(word: str, other: str) -> float:
+    """1 for the same word, the edit similarity of a near miss ("pol", "pool"), else 0."""
+    if word == other:
+        return 1.0
+    ratio = difflib.SequenceMatcher(None, word, other).ratio()
+    return ratio if ratio >= 0.8 else 0.0
+
+
+def suggest_type(kind: str, extra: dict[str, str] | None = None) -> str | None:
+    """The registered stage type that ``kind`` most likely means, or None.
+
+    Both how ``kind`` is spelt and what its words say count: each word of ``kind`` is looked
+    up among each type's names and aliases (fully) and the words of its one-line summary (half),
+    rare words weighing more than ``pool``, so that an invented name finds the stage it
+    describes, not the one with the fewest letters changed. ``extra`` adds names (with their
+    summaries) that are not registered stages, such as ``include``.
+
+    >>> suggest_type("gem_pool"), suggest_type("global_mean_pool"), suggest_type("maxpool")
+    ('gem', 'global_avg_pool', 'max_pool')
+    >>> suggest_type("spco"), suggest_type("xyzzy")
+    ('spoc', None)
+    """
+    entries = [(name, cls.type_names, cls.summary) for name, cls in STAGES.items()]
+    entries += [(name, (name,), summary) for name, summary in (extra or {}).items()]
+    vocabulary = {}  # name -> (name words, summary words) of the stage it belongs to
+    for name, names, summary in entries:
+        words = {w for n in names for w in (*_words(n), n.replace("_", ""))}
+        vocabulary[name] = (words, set(_words(summary)) - words)
+    asked = _words(kind)
+    if not asked:
+        return None
+
+    def match(word: str, name: str) -> float:
+        name_words, summary_words = vocabulary[name]
+        forms = (word, *_SYNONYMS.get(word, ()))
+        return max(max((_similarity(f, w) for f in forms for w in name_words), default=0.0),
+                   0.5 * max((_similarity(f, w) for f in forms for w in summary_words), default=0.0))
+
+    classes = {tuple(sorted(names)): name for name, names, _ in entries}  # an alias and its type count once
+    weights = []
+    for word in asked:
+        found = sum(1 for name in classes.values() if match(word, name) > 0)
+        weights.append(math.log((len(classes) + 1) / (found + 1)) + 0.1)
+    compact = "".join(asked)
+    best, best_score = None, 0.0
+    for name in vocabulary:
+        meaning = sum(w * match(word, name) for w, word in zip(weights, asked)) / sum(weights)
+        spelling = difflib.SequenceMatcher(None, compact, name.replace("_", "")).ratio()
+        if meaning < 0.5 and spelling < 0.6:
+            continue
+        score = meaning + 0.5 * spelling
+        if score > best_score:
+            best, best_score = name, score
+    return best
