@@ -112,7 +112,9 @@ def _use_kernel_cache_folder() -> str:
             return _source_stamp(self._py_file)
 
         def get_disambiguator(self):
-            return str(self._lineno)
+            # The source's hash as well: two copies of a file that differ (two checkouts of one
+            # version) keep their own entries instead of overwriting each other's.
+            return f"{self._lineno}-{_source_stamp(self._py_file)[:12]}"
 
         @classmethod
         def from_function(cls, py_func, py_file):

@@ -664,6 +664,8 @@ DEPTHWISE_MAX_PER_CHANNEL = 4  # outputs per input channel up to which a depthwi
 GEMM_MIN_OUT = 16  # output channels per group from which BLAS's product beats the direct kernels
 GEMM_MIN_TAPS = 16  # taps (C/groups * kh * kw) from which it does
 SHIFTED_MIN_CHANNELS = 8  # input channels per group from which a product per tap beats im2col
+DIRECT_MAX_1X1_CHANNELS = 32  # input channels up to which the direct kernel beats BLAS on a 1x1 conv
+# (MobileNets' expansions 16 -> 96 at 224x224, 24 -> 144 at 112x112: 10-28% faster, one thread)
 
 
 @dataclass(frozen=True)
@@ -700,7 +702,8 @@ def methods(weight_shape, groups: int, pads) -> list[str]:
         products.append("gemm")
         products.insert(-1 if per_channel >= SHIFTED_MIN_CHANNELS else len(products), "shifted")
     direct = ["narrow", "direct"] if narrow(weight_shape, groups) else ["direct", "narrow"]
-    if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS:
+    few_inputs = (kh, kw) == (1, 1) and per_channel <= DIRECT_MAX_1X1_CHANNELS
+    if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS and not few_inputs:
         return products + direct
     return direct + products
 
