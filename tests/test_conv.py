@@ -620,7 +620,7 @@ def test_the_products_are_tried_where_numpy_has_openblas():
     assert kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3))[0] == "gemm"  # im2col, for few input channels
     assert {"gemm", "shifted"} <= set(kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3)))
     assert kernels.methods((64, 64, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"
-    assert kernels.methods((96, 16, 1, 1), 1, (0, 0, 0, 0))[0] == "direct"  # few input channels: no BLAS
+    assert kernels.methods((96, 16, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"  # few input channels too
     assert kernels.methods((32, 1, 3, 3), 32, (1, 1, 1, 1))[0] == "depthwise"
     assert kernels.methods((64, 1, 5, 5), 32, (2, 2, 2, 2))[0] == "depthwise"  # two outputs per channel
     assert kernels.methods((32, 2, 3, 3), 16, (1, 1, 1, 1))[0] == "narrow"
