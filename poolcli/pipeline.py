@@ -65,7 +65,9 @@ class Pipeline:
         self.text = text  # the YAML as given, when built from a file
         self.source = source
         self.included: list[tuple[str, str]] = []  # (path, text) of each config an include stage read
-        self.nodes = _build_nodes(config, (Path(source).resolve(),) if source else (), self.included)
+        self.weights_files: list[Path] = []  # the weights file of the config and of each config it includes
+        self.nodes = _build_nodes(config, (Path(source).resolve(),) if source else (), self.included,
+                                  self.weights_files)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
         self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
@@ -505,15 +507,19 @@ INCLUDE = "include"
 MAX_INCLUDE_DEPTH = 8
 
 
-def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads: list | None = None) -> list[Node]:
-    """The config's stages as graph nodes; ``reads`` collects (path, text) of every included config."""
+def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads: list | None = None,
+                 weights: list | None = None) -> list[Node]:
+    """The config's stages as graph nodes; ``reads`` collects (path, text) of every included
+    config, ``weights`` the path of every weights file opened (this config's and theirs)."""
     nodes: list[Node] = []
     names = {"input"}
     earlier: dict[str, tuple[Stage, tuple[str, ...]]] = {}  # grown as stages are built: linear, not quadratic
     context = {"base_dir": config.base_dir, "weights": open_weights(config)}
+    if context["weights"] is not None and weights is not None:
+        weights.append(context["weights"].path)
     for index, raw in enumerate(config.stages):
         if raw.get("type") == INCLUDE:
-            added = _include(raw, index, config, nodes, names, included, reads)
+            added = _include(raw, index, config, nodes, names, included, reads, weights)
         else:
             stage = build_stage(raw, index, context)
             name = stage.name or f"{stage.type}{index}"
@@ -535,7 +541,7 @@ def _build_nodes(config: PipelineConfig, included: tuple[Path, ...] = (), reads:
 
 
 def _include(raw: dict, index: int, config: PipelineConfig, nodes: list[Node], names: set[str],
-             included: tuple[Path, ...], reads: list | None) -> list[Node]:
+             included: tuple[Path, ...], reads: list | None, weights: list | None = None) -> list[Node]:
     """The stages of the config that ``{type: include, config: PATH}`` names, taking this
     stage's input where theirs take ``input``; with ``name``, their last stage is known by it.
     Only the stages (and the files they reference) are taken: the including config's ``input``
@@ -564,7 +570,7 @@ def _include(raw: dict, index: int, config: PipelineConfig, nodes: list[Node], n
     if reads is not None:
         reads.append((str(path), text))
     try:
-        inner = _build_nodes(load_config(data, path.parent), (*included, path), reads)
+        inner = _build_nodes(load_config(data, path.parent), (*included, path), reads, weights)
     except ConfigError as exc:
         line = line_of(text, exc.loc) if exc.loc else None
         place = f"{path}:{line}" if line else str(path)

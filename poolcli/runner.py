@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from poolcli import __version__
-from poolcli.errors import ImageError, PoolcliError, ShapeError
+from poolcli.errors import ConfigError, ImageError, PoolcliError, ShapeError
 from poolcli.io.inputs import InputList, collect_inputs
 from poolcli.io.output import RunFolder
 from poolcli.io.tars import TarMember
@@ -432,6 +432,7 @@ def _manifest(pipeline: Pipeline, listing: InputList, shard_size: int) -> dict:
         "dtype": pipeline.config.output.dtype,
         "normalize": pipeline.normalize,
         "config_sha256": _config_sha256(pipeline),
+        "weights_sha256": weights_sha256(pipeline),
         "decode": pipeline.config.input.decode,  # reduced: shrunk on load; full: every pixel decoded
         "input_list_sha256": listing.sha256(),
         "shard_size": shard_size,
@@ -465,6 +466,29 @@ def _config_sha256(pipeline: Pipeline) -> str:
     digest = hashlib.sha256(_config_text(pipeline).encode("utf-8"))
     for path, text in pipeline.included:
         digest.update(f"\0include {path}\0{text}".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def weights_sha256(pipeline: Pipeline) -> str | None:
+    """The sha256 of the weights file the config names (what ``sha256sum`` prints), or of the
+    digests of each, in order, where it and the configs it includes name several; None without
+    one. Part of a run's identity: the same config over other weights is another run."""
+    digests = [_file_sha256(path) for path in pipeline.weights_files]
+    if not digests:
+        return None
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ConfigError(f"weights: cannot read {path}: {exc.strerror or exc}", loc=("weights",)) from None
     return digest.hexdigest()
 
 

@@ -34,6 +34,21 @@ def torchvision():
     return pytest.importorskip("torchvision")
 
 
+def randomize_batch_norms(module):
+    """Random running statistics and affine parameters in every BatchNorm2d of ``module``:
+    folding BatchNorm with mean 0, var 1 would test little."""
+    t = torch()
+    g = t.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, t.nn.BatchNorm2d):
+            with t.no_grad():
+                m.running_mean.copy_(t.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(t.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(t.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(t.randn(m.num_features, generator=g) * 0.1)
+    return module
+
+
 # --- onnx.helper graphs ---------------------------------------------------------------------
 
 

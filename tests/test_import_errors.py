@@ -232,3 +232,138 @@ def test_without_onnx_the_message_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ModelError, match=r'pip install "poolcli\[onnx\]"'):
         _import(tmp_path / "m.onnx", tmp_path / "out")
+
+
+# --- the output folder -------------------------------------------------------------------------------
+
+
+def _cli_import(tmp_path, out, umask=None, model=None):
+    path = M.save(model or M.conv_relu(), tmp_path / "m.onnx")
+    return subprocess.run([sys.executable, "-m", "poolcli", "import", str(path), "-o", str(out)],
+                          capture_output=True, text=True, umask=-1 if umask is None else umask)
+
+
+@pytest.mark.parametrize("umask, folder, files", [(0o022, 0o755, 0o644), (0o002, 0o775, 0o664), (0o077, 0o700, 0o600)])
+def test_the_folder_and_files_get_the_usual_permissions(tmp_path, umask, folder, files):
+    """0o777 and 0o666 less the umask, as mkdir and a shell's > give: not a temporary folder's 0o700."""
+    result = _cli_import(tmp_path, tmp_path / "a" / "out", umask)
+    assert result.returncode == 0, result.stderr
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a") == folder and mode(tmp_path / "a" / "out") == folder
+    assert mode(tmp_path / "a" / "out" / "pipeline.yaml") == files
+    assert mode(tmp_path / "a" / "out" / "weights.safetensors") == files
+
+
+def test_importing_again_replaces_both_files_and_keeps_the_rest(tmp_path):
+    out = tmp_path / "out"
+    assert _cli_import(tmp_path, out).returncode == 0
+    (out / "notes.txt").write_text("mine\n")
+    (out / "pipeline.yaml").write_text("edited\n")
+    rng = np.random.default_rng(5)
+    assert _cli_import(tmp_path, out, model=M.conv_relu(rng=rng)).returncode == 0
+    assert sorted(os.listdir(out)) == ["notes.txt", "pipeline.yaml", "weights.safetensors"]
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "pipeline.yaml").read_text().startswith("# Imported")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out"]  # no temporary folder left
+
+
+def _old_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pipeline.yaml").write_text("old config\n")
+    (out / "weights.safetensors").write_bytes(b"old weights")
+    return out
+
+
+def _unchanged(tmp_path, out):
+    assert sorted(os.listdir(out)) == ["pipeline.yaml", "weights.safetensors"]
+    assert (out / "pipeline.yaml").read_text() == "old config\n"
+    assert (out / "weights.safetensors").read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out"]
+
+
+def test_a_failed_rename_puts_the_first_file_back(tmp_path, monkeypatch):
+    """The weights renamed into DIR, then the config's rename fails: DIR's old weights return."""
+    from poolcli.importer import write
+
+    out = _old_folder(tmp_path)
+    real = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("pipeline.yaml"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(write.os, "replace", failing)
+    with pytest.raises(ModelError, match="cannot write there: No space left on device") as info:
+        _import(M.save(M.conv_relu(), tmp_path / "m.onnx"), out)
+    assert "\n" not in str(info.value)
+    _unchanged(tmp_path, out)
+
+
+def test_a_full_disk_while_writing_the_weights_leaves_dir_as_it_was(tmp_path, monkeypatch):
+    from poolcli.importer import write
+
+    out = _old_folder(tmp_path)
+
+    def full(path, data):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write, "_write_bytes", full)
+    with pytest.raises(ModelError, match="No space left on device"):
+        _import(M.save(M.conv_relu(), tmp_path / "m.onnx"), out)
+    _unchanged(tmp_path, out)
+
+
+def test_a_written_pipeline_that_does_not_load_leaves_dir_as_it_was(tmp_path, monkeypatch):
+    from poolcli.importer import write
+
+    out = _old_folder(tmp_path)
+    real = write.render
+
+    def broken(*args, **kwargs):
+        text, tensors = real(*args, **kwargs)
+        return text.replace("type: conv", "type: no_such_stage", 1), tensors
+
+    monkeypatch.setattr(write, "render", broken)
+    with pytest.raises(ModelError, match="the pipeline written does not load"):
+        _import(M.save(M.conv_relu(), tmp_path / "m.onnx"), out)
+    _unchanged(tmp_path, out)
+
+
+def test_folders_made_for_dir_go_again_on_an_error(tmp_path, monkeypatch):
+    """-o a/b/out where a/ does not exist: on an error, a/ is not left behind."""
+    from poolcli.importer import write
+
+    monkeypatch.setattr(write, "render", lambda *a, **k: ("stages: [\n", {}))
+    path = M.save(M.conv_relu(), tmp_path / "m.onnx")
+    with pytest.raises(ModelError):
+        _import(path, tmp_path / "a" / "b" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_dir_that_is_a_file_is_refused_and_kept(tmp_path):
+    (tmp_path / "out").write_text("a file\n")
+    result = _cli_import(tmp_path, tmp_path / "out")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "exists and is not a folder" in result.stderr
+    assert (tmp_path / "out").read_text() == "a file\n"
+
+
+def test_a_read_only_parent_is_one_line(tmp_path):
+    from processes import cli_obeying_permissions, permissions_apply
+
+    reason = permissions_apply()
+    if reason:
+        pytest.skip(reason)
+    path = M.save(M.conv_relu(), tmp_path / "m.onnx")
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        result = cli_obeying_permissions("import", path, "-o", parent / "out")
+    finally:
+        parent.chmod(0o755)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "cannot write there: Permission denied" in result.stderr
+    assert os.listdir(parent) == []

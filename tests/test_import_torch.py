@@ -96,17 +96,7 @@ class YoloTwin(nn.Module):
 # --- the families ------------------------------------------------------------------------------
 
 
-def _randomize_batch_norms(module):
-    """Random running statistics: folding BatchNorm with mean 0, var 1 would test little."""
-    g = torch.Generator().manual_seed(1)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return module
+_randomize_batch_norms = M.randomize_batch_norms
 
 
 def _tv(name):

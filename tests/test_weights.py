@@ -194,3 +194,127 @@ def test_pointwise_conv_equals_naive(channels, outputs, stride, size, rng):
     want = np.maximum(naive.conv2d(x, w, b, stride=stride), 0)
     assert stage.output_shape(x.shape) == want.shape
     close(stage(x), want)
+
+
+# --- the weights are part of a run's identity ------------------------------------------------------
+
+
+def _run_with_weights(tmp_path, rng):
+    """A small run over three images of a conv (its filters in weights.safetensors) and GeM."""
+    from processes import cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        np.save(images / f"{i}.npy", rng.random((3, 12, 10)).astype(np.float32))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    path = write(tmp_path, {"conv1.weight": w},
+                 [{"type": "conv", "filters": "conv1.weight", "padding": 1, "activation": "relu"}, {"type": "gem"}])
+    result = cli("run", path, images, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    return path, images, w
+
+
+def _manifest(out):
+    import json
+
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_the_manifest_records_the_weights_sha256(tmp_path, rng):
+    import hashlib
+
+    _run_with_weights(tmp_path, rng)
+    digest = hashlib.sha256((tmp_path / "weights.safetensors").read_bytes()).hexdigest()
+    assert _manifest(tmp_path / "out")["weights_sha256"] == digest
+
+
+def test_a_run_without_weights_records_none(tmp_path, rng):
+    from processes import cli
+
+    np.save(tmp_path / "a.npy", rng.random((3, 8, 8)).astype(np.float32))
+    path = tmp_path / "gem.yaml"
+    path.write_text(yaml.safe_dump({"stages": [{"type": "gem"}]}))
+    result = cli("run", path, tmp_path / "a.npy", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert _manifest(tmp_path / "out")["weights_sha256"] is None
+
+
+def test_resuming_with_other_weights_is_refused_and_overwrite_recomputes(tmp_path, rng):
+    """The same config over a changed weights file is another run: OUT is left as it was
+    (no descriptors of two weight files in one folder) until --overwrite, which recomputes."""
+    import poolcli
+    from processes import cli
+
+    path, images, w = _run_with_weights(tmp_path, rng)
+    before = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    safetensors.numpy.save_file({"conv1.weight": w * 2 + 1}, str(tmp_path / "weights.safetensors"))
+
+    result = cli("run", path, images, "-o", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "holds another run (different weights)" in result.stderr
+    after = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before
+
+    result = cli("run", path, images, "-o", tmp_path / "out", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    vectors, meta = poolcli.read_descriptors(tmp_path / "out")
+    pipe = Pipeline.from_yaml(path)
+    for vector, name in zip(vectors, meta.column("path").to_pylist()):
+        close(vector, pipe(np.load(name)))
+
+
+def test_an_incomplete_run_with_other_weights_is_refused(tmp_path, rng):
+    """A run killed half-way (the manifest not complete) resumes only over the same weights."""
+    import json
+
+    from processes import cli
+
+    path, images, w = _run_with_weights(tmp_path, rng)
+    manifest = _manifest(tmp_path / "out")
+    manifest["complete"] = False
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    safetensors.numpy.save_file({"conv1.weight": -w}, str(tmp_path / "weights.safetensors"))
+    result = cli("run", path, images, "-o", tmp_path / "out")
+    assert result.returncode == 1 and "different weights" in result.stderr
+
+
+def test_the_weights_of_an_included_config_count(tmp_path, rng):
+    """A head of one's own on an included trunk: changing the trunk's weights changes the run."""
+    from processes import cli
+
+    trunk = tmp_path / "trunk"
+    trunk.mkdir()
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    write(trunk, {"conv1.weight": w}, [{"type": "conv", "filters": "conv1.weight", "padding": 1}])
+    head = tmp_path / "head.yaml"
+    head.write_text(yaml.safe_dump({"stages": [{"type": "include", "config": "trunk/pipeline.yaml"},
+                                               {"type": "global_max_pool"}]}))
+    np.save(tmp_path / "a.npy", rng.random((3, 8, 8)).astype(np.float32))
+    result = cli("run", head, tmp_path / "a.npy", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    first = _manifest(tmp_path / "out")["weights_sha256"]
+    safetensors.numpy.save_file({"conv1.weight": w + 1}, str(trunk / "weights.safetensors"))
+    result = cli("run", head, tmp_path / "a.npy", "-o", tmp_path / "out")
+    assert result.returncode == 1 and "different weights" in result.stderr
+    assert first is not None and _manifest(tmp_path / "out")["weights_sha256"] == first
+
+
+def test_weights_sha256_of_several_files_depends_on_each(tmp_path, rng):
+    from poolcli.runner import weights_sha256
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name, {"conv1.weight": np.ones((2, 3, 1, 1), np.float32)},
+              [{"type": "conv", "filters": "conv1.weight"}])
+    head = tmp_path / "head.yaml"
+    head.write_text(yaml.safe_dump({"stages": [{"type": "include", "config": "a/pipeline.yaml", "name": "x"},
+                                               {"type": "include", "config": "b/pipeline.yaml", "from": "input",
+                                                "name": "y"},
+                                               {"type": "concat", "from": ["x", "y"]}]}))
+    pipe = Pipeline.from_yaml(head)
+    assert len(pipe.weights_files) == 2
+    before = weights_sha256(pipe)
+    safetensors.numpy.save_file({"conv1.weight": np.full((2, 3, 1, 1), 2, np.float32)},
+                                str(tmp_path / "b" / "weights.safetensors"))
+    assert weights_sha256(Pipeline.from_yaml(head)) != before

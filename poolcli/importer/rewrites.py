@@ -51,27 +51,29 @@ def remove_identities(graph: Graph) -> int:
 
 
 def fold_batch_norm(graph: Graph) -> int:
-    """BatchNormalization right after a Conv whose output nothing else reads: folded into the
-    conv's weights and bias, ``w' = w * s``, ``b' = (b - mean) * s + beta``,
-    ``s = gamma / sqrt(var + eps)`` (in float64)."""
+    """BatchNormalization right after a Conv or ConvTranspose whose output nothing else reads:
+    folded into its weights and bias, ``w' = w * s``, ``b' = (b - mean) * s + beta``,
+    ``s = gamma / sqrt(var + eps)`` per output channel (in float64)."""
     done = 0
     for bn in list(graph.nodes):
         if bn.op != "BatchNormalization" or bn.attr("training_mode", 0) or any(bn.outputs[1:]):
             continue
         conv = graph.producer(bn.inputs[0])
-        if conv is None or conv.op != "Conv" or graph.only_user(bn.inputs[0]) is not bn:
+        if conv is None or conv.op not in ("Conv", "ConvTranspose") or graph.only_user(bn.inputs[0]) is not bn:
             continue
         params = [graph.const(v) for v in bn.inputs[1:5]]
         w = graph.const(conv.inputs[1])
         b = graph.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
-        if w is None or any(p is None for p in params) or (len(conv.inputs) > 2 and conv.inputs[2] and b is None):
+        if w is None or w.ndim < 3 or any(p is None for p in params) or (len(conv.inputs) > 2 and conv.inputs[2] and b is None):
             continue
+        groups = int(conv.attr("group", 1))
+        outputs = w.shape[0] if conv.op == "Conv" else w.shape[1] * groups
         gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
-        if not len(gamma) == len(beta) == len(mean) == len(var) == w.shape[0]:
+        if not len(gamma) == len(beta) == len(mean) == len(var) == outputs or (b is not None and b.size != outputs):
             continue
         scale = gamma / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
-        new_w = (w.astype(np.float64) * scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
-        bias = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+        new_w = _scale_outputs(w, scale, conv.op == "ConvTranspose", groups)
+        bias = np.zeros(outputs) if b is None else b.astype(np.float64).reshape(-1)
         new_b = ((bias - mean) * scale + beta).astype(np.float32)
         w_name, b_name = _fresh(graph, conv.name + ".weight"), _fresh(graph, conv.name + ".bias")
         graph.consts[w_name], graph.consts[b_name] = new_w, new_b
@@ -82,6 +84,19 @@ def fold_batch_norm(graph: Graph) -> int:
         graph.aliases[old] = bn.outputs[0]
         done += 1
     return done
+
+
+def _scale_outputs(w: np.ndarray, scale: np.ndarray, transposed: bool = False, groups: int = 1) -> np.ndarray:
+    """Filters ``w`` with output channel ``o`` multiplied by ``scale[o]`` (float64, then
+    float32). A conv's filters are (O, C / groups, kh, kw); a transposed conv's are
+    (C, O / groups, kh, kw), output channel ``g * (O / groups) + j`` being group g's column j."""
+    w = np.asarray(w, np.float64)
+    if not transposed:
+        return (w * scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+    c, per_group = w.shape[:2]
+    grouped = w.reshape(groups, c // groups, per_group, *w.shape[2:])
+    grouped = grouped * scale.reshape(groups, 1, per_group, *([1] * (w.ndim - 2)))
+    return grouped.reshape(w.shape).astype(np.float32)
 
 
 def _activation_node(name: str, x: str, out: str, **attrs) -> Node:
@@ -247,57 +262,100 @@ def _replace(stages: list[Stage], removed: Stage, by: Stage) -> None:
     stages.remove(removed)
 
 
-def fuse_bias(stages: list[Stage], graph: Graph) -> int:
-    """``add`` of a constant per output channel right after a conv, transposed conv or linear
-    without a nonlinearity (ConvNeXt's channels-last Linear is MatMul then Add; paddle2onnx
-    writes ConvTranspose's bias as an Add): into its bias."""
+def _per_channel_constant(stage: Stage, layout: str) -> np.ndarray | None:
+    """The constant operand of an arithmetic ``stage`` as one float64 number per channel of
+    its input, when it is one, else None: one number (the same for every channel), a (C, 1, 1)
+    constant of a map, a (D,) constant of a vector. A map's constant of ONNX shape (C,)
+    broadcasts over the last axis, the width (it reaches the stage as (1, 1, C)): not per
+    channel, even where the width equals C. (A channels-last value's constant reaches the
+    stage channels first already.)"""
+    value = stage.params.get("value")
+    if isinstance(value, (int, float)):
+        return None if isinstance(value, bool) else np.array([float(value)])
+    if not isinstance(value, Weight):
+        return None
+    array = np.asarray(value.array, np.float64)
+    if layout == "vec":
+        return array.reshape(-1) if array.ndim == 1 else None
+    if array.ndim == 3 and array.shape[1:] == (1, 1):
+        return array.reshape(-1)
+    return None
+
+
+def _outputs(stage: Stage) -> int:
+    if stage.type == "conv_transpose":  # filters (C_in, O / groups, kh, kw)
+        return stage.params["filters"].array.shape[1] * stage.params.get("groups", 1)
+    return (stage.params["filters"] if stage.type == "conv" else stage.params["weight"]).array.shape[0]
+
+
+AFFINE = ("add", "sub", "mul", "div", "batch_norm")
+
+
+def _affine(op: Stage, layout: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``op`` as ``x * scale + shift`` with one float64 scale and shift per channel (or one
+    for all), or None where it is not one: its constant varies over height or width, or a
+    division by zero or a non-finite number."""
+    if op.type == "batch_norm":
+        arrays = {k: op.params.get(k) for k in ("weight", "bias", "mean", "var")}
+        if not all(isinstance(a, Weight) for a in arrays.values()):
+            return None
+        w, b, mean, var = (np.asarray(a.array, np.float64).reshape(-1) for a in arrays.values())
+        denominator = var + float(op.params.get("eps", 1e-5))
+        if not w.size == b.size == mean.size == var.size or np.any(denominator <= 0):
+            return None
+        scale = w / np.sqrt(denominator)
+        return scale, b - mean * scale
+    c = _per_channel_constant(op, layout)
+    if c is None:
+        return None
+    if op.type == "add":
+        return np.ones(1), c
+    if op.type == "sub":
+        return np.ones(1), -c
+    if op.type == "mul":
+        return c, np.zeros(1)
+    if not np.all(np.isfinite(c)) or np.any(c == 0):
+        return None
+    return 1.0 / c, np.zeros(1)
+
+
+def fuse_affine(stages: list[Stage], graph: Graph) -> int:
+    """``add``, ``sub``, ``mul`` or ``div`` of a constant per output channel, or a
+    ``batch_norm``, right after a conv, transposed conv or linear without a nonlinearity whose
+    output nothing else reads: into its weights and bias. ConvNeXt's channels-last Linear is
+    MatMul then Add, and its layer scale a Mul; paddle2onnx writes ConvTranspose's bias as an
+    Add and leaves the BatchNormalization after it. ``conv(x; w, b) * s + t`` is
+    ``conv(x; w * s, b * s + t)``, ``s`` and ``t`` per output channel, in float64; a division
+    by ``d`` is a product by ``1 / d`` (every ``d`` finite and nonzero). A constant that varies
+    over height or width stays a stage of its own."""
     done = 0
-    for add in list(stages):
-        if add.type != "add" or "value" not in add.params or len(add.inputs) != 1 or "activation" in add.params:
+    for op in list(stages):
+        if op.type not in AFFINE or len(op.inputs) != 1 or "activation" in op.params:
             continue
-        before = next((s for s in stages if s.output == add.inputs[0]), None)
+        if op.type != "batch_norm" and "value" not in op.params:
+            continue
+        before = next((s for s in stages if s.output == op.inputs[0]), None)
         if (before is None or before.type not in ("conv", "conv_transpose", "linear") or "activation" in before.params
-                or before.residual or _single_user(stages, graph, before.output) is not add):
+                or _single_user(stages, graph, before.output) is not op):
             continue
-        if before.type == "conv_transpose":  # filters (C_in, O / groups, kh, kw)
-            out = before.params["filters"].array.shape[1] * before.params.get("groups", 1)
-        else:
-            out = (before.params["filters"] if before.type == "conv" else before.params["weight"]).array.shape[0]
-        value = add.params["value"]
-        array = np.full(out, value, np.float32) if isinstance(value, float) else value.array.reshape(-1)
-        if array.size != out:
+        out = _outputs(before)
+        affine = _affine(op, "vec" if before.type == "linear" else "map")
+        if affine is None or affine[0].size not in (1, out) or affine[1].size not in (1, out):
+            continue
+        scale, shift = (np.broadcast_to(a, (out,)).astype(np.float64) for a in affine)
+        scaled = not np.all(scale == 1.0)
+        if before.residual and scaled:  # (conv + r) * s is not conv * s + r
             continue
         old = before.params.get("bias")
-        bias = array if not isinstance(old, Weight) else old.array + array
-        before.params["bias"] = Weight(np.ascontiguousarray(bias, dtype=np.float32))
-        _replace(stages, add, before)
-        done += 1
-    return done
-
-
-def fuse_scale(stages: list[Stage], graph: Graph) -> int:
-    """``mul`` by a constant per output channel right after a conv or linear without a
-    nonlinearity (ConvNeXt's layer scale): into its weights and bias."""
-    done = 0
-    for mul in list(stages):
-        if mul.type != "mul" or "value" not in mul.params or len(mul.inputs) != 1 or "activation" in mul.params:
-            continue
-        before = next((s for s in stages if s.output == mul.inputs[0]), None)
-        if (before is None or before.type not in ("conv", "linear") or "activation" in before.params
-                or before.residual or _single_user(stages, graph, before.output) is not mul):
-            continue
-        key = "filters" if before.type == "conv" else "weight"
-        weight = before.params[key].array
-        value = mul.params["value"]
-        scale = np.full(weight.shape[0], value, np.float32) if isinstance(value, float) else value.array
-        if scale.size != weight.shape[0] or (scale.ndim == 3 and scale.shape[1:] != (1, 1)):
-            continue
-        scale = scale.reshape(-1).astype(np.float64)
-        before.params[key] = Weight((weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32))
-        bias = before.params.get("bias")
-        if isinstance(bias, Weight):
-            before.params["bias"] = Weight((bias.array * scale).astype(np.float32))
-        _replace(stages, mul, before)
+        bias = np.asarray(old.array, np.float64).reshape(-1) if isinstance(old, Weight) else np.zeros(out)
+        if scaled:
+            key = "weight" if before.type == "linear" else "filters"
+            before.params[key] = Weight(_scale_outputs(before.params[key].array, scale, before.type == "conv_transpose",
+                                                       before.params.get("groups", 1)))
+            bias = bias * scale
+        if isinstance(old, Weight) or np.any(shift != 0):
+            before.params["bias"] = Weight(np.ascontiguousarray(bias + shift, dtype=np.float32))
+        _replace(stages, op, before)
         done += 1
     return done
 
@@ -360,4 +418,4 @@ def merge_global_pool(stages: list[Stage], graph: Graph) -> int:
     return done
 
 
-STAGE_REWRITES = (fuse_bias, fuse_scale, fuse_residual, fuse_activation, merge_global_pool)
+STAGE_REWRITES = (fuse_affine, fuse_residual, fuse_activation, merge_global_pool)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import heapq
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -133,29 +133,132 @@ def render(stages: list[Stage], graph: Graph, header: list[str], name: str, inpu
 
 def write_folder(out: Path, text: str, tensors: dict, check) -> None:
     """Write both files into a temporary folder beside ``out``, call ``check(folder)`` on it,
-    then move them into ``out``; on any error ``out`` is as it was."""
-    from safetensors.numpy import save_file
-
+    then move them into ``out``: the folder renamed to ``out`` where there is none, else each
+    file renamed over its old self (the first put back if the second fails). Folders and files
+    get the usual permissions (0o777 and 0o666 less the umask). On any error, ``out`` and the
+    folders above it are as they were: nothing created is left behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ModelError(f"-o {out}: exists and is not a folder")
     parent = out.parent if str(out.parent) else Path(".")
+    created: list[Path] = []  # the folders above ``out`` made here, outermost first
+    done = False
+    tmp = None
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=parent))
-    except OSError as exc:
-        raise ModelError(f"-o {out}: cannot write there: {exc.strerror or exc}") from None
-    try:
-        save_file(tensors, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(text, encoding="utf-8")
+        created = _make_folders(parent)
+        tmp = _make_temporary(parent, out.name)
+        from safetensors.numpy import save
+
+        # safetensors' save_file makes its files 0o600: the bytes are written here instead
+        _write_bytes(tmp / WEIGHTS, save(tensors))
+        _write_bytes(tmp / CONFIG, text.encode("utf-8"))
         check(tmp)
-        if not out.exists():
+        if out.exists():
+            _replace_files(tmp, out)
+        else:
             os.rename(tmp, out)
-            return
-        os.replace(tmp / WEIGHTS, out / WEIGHTS)
-        os.replace(tmp / CONFIG, out / CONFIG)
+            tmp = None
+        _fsync(out)
+        _fsync(parent)
+        done = True
     except OSError as exc:
         raise ModelError(f"-o {out}: cannot write there: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """A new file (mode 0o666 less the umask) holding ``data``, flushed to the disk."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; the folders it made, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError:
+            for done in reversed(made):
+                try:
+                    done.rmdir()
+                except OSError:
+                    break
+            raise
+        made.append(path)
+    return made
+
+
+def _make_temporary(parent: Path, name: str) -> Path:
+    """A new, empty folder ``.NAME.import-...`` in ``parent``, mode 0o777 less the umask (not
+    mkdtemp's 0o700, which the renamed folder would keep)."""
+    for _ in range(100):
+        path = parent / f".{name}.import-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def _replace_files(tmp: Path, out: Path) -> None:
+    """Rename ``tmp``'s two files over ``out``'s; where the second fails, the first's old
+    file goes back (kept meanwhile as a hard link, or a copy, in ``tmp``)."""
+    kept = {}
+    for name in (WEIGHTS, CONFIG):
+        old = out / name
+        if old.is_file():
+            backup = tmp / f".old.{name}"
+            try:
+                os.link(old, backup)
+            except OSError:
+                shutil.copy2(old, backup)
+            kept[name] = backup
+    replaced = []
+    try:
+        for name in (WEIGHTS, CONFIG):
+            os.replace(tmp / name, out / name)
+            replaced.append(name)
+    except BaseException:
+        for name in replaced:
+            try:
+                if name in kept:
+                    os.replace(kept[name], out / name)
+                else:
+                    (out / name).unlink()
+            except OSError:
+                pass
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

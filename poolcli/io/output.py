@@ -38,7 +38,7 @@ FILES = ("manifest.json", "pipeline.yaml")
 PARTIAL = ".partial"  # chunks of the shards being computed; gone once the run is complete
 LOCK_FILE = ".lock"  # held by the run writing the folder, removed when it ends
 # What identifies a run: resuming needs all of these to match.
-IDENTITY = ("kind", "config_sha256", "input_list_sha256", "shard_size", "dtype")
+IDENTITY = ("kind", "config_sha256", "weights_sha256", "input_list_sha256", "shard_size", "dtype")
 
 
 def part_name(shard: int, suffix: str) -> str:

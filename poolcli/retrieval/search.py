@@ -95,9 +95,12 @@ class DescriptorSet:
 
     def signature(self) -> dict:
         """What identifies these descriptors (a faiss index built from others is stale)."""
-        return {"config_sha256": self.manifest.get("config_sha256"),
-                "input_list_sha256": self.manifest.get("input_list_sha256"),
-                "shards": [[s.number, s.rows] for s in self.shards]}
+        signature = {"config_sha256": self.manifest.get("config_sha256"),
+                     "input_list_sha256": self.manifest.get("input_list_sha256"),
+                     "shards": [[s.number, s.rows] for s in self.shards]}
+        if self.manifest.get("weights_sha256"):  # only where there are weights: older indexes stay valid
+            signature["weights_sha256"] = self.manifest["weights_sha256"]
+        return signature
 
     def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, float32 rows)`` blocks of at most ``block_rows`` rows, in row order.
