@@ -28,8 +28,12 @@ class ImportSummary:
     seconds: float
 
     def line(self) -> str:
-        return (f"{self.model} (opset {self.opset}): {self.nodes} nodes -> {self.stages} stages, "
-                f"{self.tensors} tensors, in {self.out} ({self.seconds:.1f} s)")
+        return (f"{self.model} (opset {self.opset}): {_count(self.nodes, 'node')} -> {_count(self.stages, 'stage')}, "
+                f"{_count(self.tensors, 'tensor')}, in {self.out} ({self.seconds:.1f} s)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def import_onnx(model: str | Path, out: str | Path, until: list[str] | tuple[str, ...] = ()) -> ImportSummary:
@@ -73,7 +77,7 @@ def import_onnx(model: str | Path, out: str | Path, until: list[str] | tuple[str
 
     header = [
         f"Imported from {model.name} by poolcli import (opset {graph.opset}): "
-        f"{graph.onnx_node_count} nodes -> {len(stages)} stages.",
+        f"{_count(graph.onnx_node_count, 'node')} -> {_count(len(stages), 'stage')}.",
         "ONNX does not record the input normalisation: set input.mean and input.std (e.g. ImageNet's",
         "mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]) and input.resize as the model expects.",
     ]
