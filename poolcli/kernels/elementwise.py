@@ -126,10 +126,12 @@ def _sigmoid_rows(row, silu):
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def _gelu_rows(row):
-    """``row[:] = gelu(row) = row / 2 * erfc(-row / sqrt 2)``, to 3e-7 relative, in passes that
-    vectorise (libm's erfc, 13 ns a value, does not). ``erfc(z)`` of ``z = |v| / sqrt 2`` is
-    Numerical Recipes' Chebyshev fit ``t exp(-z^2 + P(t))``, ``t = 1 / (1 + z / 2)``, 1.2e-7
-    relative everywhere, its exponent in float64 and the exp as in :func:`_sigmoid_rows`; then
+    """``row[:] = gelu(row) = row / 2 * erfc(-row / sqrt 2)``, to 1.5e-6 relative (where
+    ``|gelu| > 1e-3``; measured on a million values of 4 N(0, 1) against ``math.erfc``), in
+    float32 passes that vectorise (libm's erfc, 13 ns a value, does not; with the exponent in
+    float64, 1.2 ns a value against 0.6). ``erfc(z)`` of ``z = |v| / sqrt 2`` is Numerical
+    Recipes' Chebyshev fit ``t exp(-z^2 + P(t))``, ``t = 1 / (1 + z / 2)``, 1.2e-7 relative
+    everywhere in exact arithmetic, the exp as in :func:`_sigmoid_rows`; then
     ``v / 2 * (2 - erfc(z))`` for ``v >= 0`` and ``v / 2 * erfc(z)`` below, so the far negative
     tail keeps its digits (``1 + erf`` would cancel them). NaN kept; ``|v| >= 12.7`` (erfc
     below 1e-36) takes erfc as 0."""
@@ -140,13 +142,15 @@ def _gelu_rows(row):
         part = row[start : start + BLOCK]
         n = part.size
         for t in range(n):
-            z = abs(np.float64(part[t])) * 0.7071067811865476
-            z = z if z < 9.0 else 9.0  # NaN too: a valid exponent, put back below
-            q = 1.0 / (1.0 + 0.5 * z)
-            a = -z * z - 1.26551223 + q * (1.00002368 + q * (0.37409196 + q * (0.09678418 + q * (-0.18628806 + q * (
-                0.27886807 + q * (-1.13520398 + q * (1.48851587 + q * (-0.82215223 + q * 0.17087277))))))))
-            k = np.floor(a * 1.4426950408889634 + 0.5)
-            r = np.float32(a - k * 0.6931471805599453)
+            z = abs(part[t]) * np.float32(0.7071067811865476)
+            z = z if z < np.float32(9.0) else np.float32(9.0)  # NaN too: a valid exponent, put back below
+            q = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
+            a = -z * z + np.float32(-1.26551223) + q * (np.float32(1.00002368) + q * (np.float32(0.37409196) + q * (
+                np.float32(0.09678418) + q * (np.float32(-0.18628806) + q * (np.float32(0.27886807) + q * (
+                    np.float32(-1.13520398) + q * (np.float32(1.48851587) + q * (np.float32(-0.82215223) + q * np.float32(
+                        0.17087277)))))))))
+            k = np.floor(a * np.float32(1.4426950408889634) + np.float32(0.5))
+            r = a - k * np.float32(0.693145751953125) - k * np.float32(1.428606765330187e-06)  # ln 2 in two parts
             p = np.float32(1 / 720) + r * np.float32(1 / 5040)
             p = np.float32(1 / 120) + r * p
             p = np.float32(1 / 24) + r * p
