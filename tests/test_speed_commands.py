@@ -487,3 +487,19 @@ def test_a_long_run_measures_how_to_split_the_cores_and_writes_the_same_bytes(tm
         assert a.read_bytes() == b.read_bytes()
     monkeypatch.setattr(runner, "PLAN_MIN_IMAGES", len(images))  # too short a run: not measured
     assert run(pipeline, images, tmp_path / "short").parallelism is None and len(seen) == 1
+
+
+def test_a_kernels_cache_stamp_covers_the_modules_it_calls(tmp_path):
+    """A conv kernel compiles elementwise's activations into itself: editing elementwise.py must
+    make the cached conv kernels stale, though Numba itself checks only conv.py."""
+    import shutil
+
+    from poolcli.kernels import _source_hashes, _source_stamp
+
+    folder = tmp_path / "kernels"
+    shutil.copytree(Path(poolcli.kernels.__file__).parent, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    before = _source_stamp(str(folder / "conv.py"))
+    assert before == _source_stamp(str(folder / "elementwise.py"))
+    (folder / "elementwise.py").write_text((folder / "elementwise.py").read_text() + "\n# an edit\n")
+    _source_hashes.pop(str(folder))  # a new process
+    assert _source_stamp(str(folder / "conv.py")) != before

@@ -84,12 +84,20 @@ _source_hashes: dict = {}
 
 
 def _source_stamp(path: str):
-    """The content of a kernel's source file, hashed once per process: the cache's test of
-    freshness, the same for every copy of the file whatever its path or time."""
-    if path not in _source_hashes:
-        with open(path, "rb") as f:
-            _source_hashes[path] = hashlib.sha256(f.read()).hexdigest()
-    return _source_hashes[path]
+    """The content of every kernel module beside ``path``, hashed once per process: the cache's
+    test of freshness, the same for every copy of the files whatever their path or time. All of
+    them, not the kernel's own file alone: a kernel compiles in the functions it calls from its
+    siblings (the conv epilogues take elementwise's activations), and Numba checks only the
+    kernel's own file, so an edit of a sibling would leave cached kernels with its old code."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in _source_hashes:
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+        _source_hashes[folder] = digest.hexdigest()
+    return _source_hashes[folder]
 
 
 def _use_kernel_cache_folder() -> str:
