@@ -62,7 +62,7 @@ def test_batch_norm_takes_inline_lists():
 # --- layer_norm, softmax --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [*SHAPES, (7,)])
+@pytest.mark.parametrize("shape", [*SHAPES, (7,), (9, 13, 21)])  # the last: several blocks of positions, one partial
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_equals_naive(shape, affine, rng):
     x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)

@@ -4,8 +4,6 @@ maths library here. tests/test_vecmath.py checks them against NumPy's: the log t
 relative, exp to 3e-14 (the rounding of ``k ln 2`` for ``|k|`` up to 1075), 4e-15 for
 ``|y| < 100``.
 
-Numba caches a kernel under its own file's timestamp: a kernel that inlines these is not
-recompiled when only this file changes (delete the kernels' ``__pycache__`` after editing it).
 """
 
 import numpy as np

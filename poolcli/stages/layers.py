@@ -1,6 +1,6 @@
 """Layers of trained networks beside conv: ``batch_norm``, ``layer_norm``, ``softmax``, ``linear``
-and ``slice`` (ONNX Split and Slice over channels). NumPy: each is one or two passes over a map,
-as fast as a kernel would be."""
+and ``slice`` (ONNX Split and Slice over channels). NumPy, each one or two passes over a map,
+as fast as a kernel would be; layer_norm over a map's channels is a kernel (:mod:`poolcli.kernels.norm`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.errors import ShapeError
 from poolcli.stages.arrays import ArrayValue, HeldArray, array_check, stage_array
-from poolcli.stages.base import Stage, register_stage
+from poolcli.stages.base import Stage, kernel_module, register_stage
 from poolcli.stages.elementwise import ACTIVATION_FIELD, ActivationValue
+
+norm_kernels = kernel_module("norm")
 
 
 def _per_channel(shape) -> tuple[int, ...]:
@@ -153,6 +155,11 @@ class LayerNorm(Stage):
         return 4 * math.prod(shape)
 
     def __call__(self, x):
+        if x.ndim == 3:
+            channels = x.shape[0]
+            weight = np.ones(channels) if self._weight is None else self._weight.array.astype(np.float64)
+            bias = np.zeros(channels) if self._bias is None else self._bias.array.astype(np.float64)
+            return norm_kernels.layer_norm(np.require(x, np.float32, "CW"), weight, bias, float(self.eps))
         x64 = x.astype(np.float64)
         mean = x64.mean(axis=0)
         centred = x64 - mean
