@@ -617,7 +617,9 @@ def test_the_products_are_tried_where_numpy_has_openblas():
 
     assert blas.sgemm() is not None, "NumPy's wheels ship OpenBLAS: its sgemm must be found"
     assert kernels.methods((64, 64, 3, 3), 1, (1, 1, 1, 1))[0] == "shifted"  # a product per tap
-    assert kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3))[0] == "gemm"  # im2col, for few input channels
+    # Few input channels: im2col, or the direct kernel where 512-bit vectors make it faster.
+    assert kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3))[0] == ("direct" if kernels.products_min_channels() else "gemm")
+    assert kernels.methods((32, 32, 3, 3), 1, (1, 1, 1, 1))[0] == ("direct" if kernels.products_min_channels() > 32 else "shifted")
     assert {"gemm", "shifted"} <= set(kernels.methods((64, 3, 7, 7), 1, (3, 3, 3, 3)))
     assert kernels.methods((64, 64, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"
     assert kernels.methods((96, 16, 1, 1), 1, (0, 0, 0, 0))[0] == "pointwise"  # few input channels too

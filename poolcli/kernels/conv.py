@@ -26,6 +26,7 @@ proves that the rows do not overlap and vectorises the pass without run-time ove
 a map's last span keeps the checks).
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -713,9 +714,26 @@ def methods(weight_shape, groups: int, pads) -> list[str]:
         products.append("gemm")
         products.insert(-1 if per_channel >= SHIFTED_MIN_CHANNELS else len(products), "shifted")
     direct = ["narrow", "direct"] if narrow(weight_shape, groups) else ["direct", "narrow"]
-    if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS:
+    few_channels = (kh, kw) != (1, 1) and per_channel < products_min_channels()
+    if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS and not few_channels:
         return products + direct
     return direct + products
+
+
+@functools.lru_cache(maxsize=None)
+def products_min_channels() -> int:
+    """Input channels per group from which the matrix products beat the direct kernel on a
+    conv larger than 1x1. With 512-bit vectors the direct kernel does twice the work per
+    instruction and wins below 48 channels (measured on a Xeon, 2 threads: 32 -> 32 3x3 at
+    224x224 4.6 ms against 5.8, 3 -> 64 7x7/2 at 512x512 6.9 against 8.4, 1 -> 24 15x15 14 against
+    20; from 64 channels a product per tap wins, 256 -> 256 at 28x28 4.2 against 5.2). With
+    256-bit vectors the products won from 16 channels (an AMD EPYC): no further limit."""
+    import llvmlite.binding as llvm
+
+    return AVX512_PRODUCTS_MIN_CHANNELS if llvm.get_host_cpu_features().get("avx512f") else 0
+
+
+AVX512_PRODUCTS_MIN_CHANNELS = 48
 
 
 def prepare(weight: np.ndarray, bias: np.ndarray | None, groups: int, pads, method: str | None = None) -> Prepared:
