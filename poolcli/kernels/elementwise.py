@@ -89,6 +89,22 @@ EXP_FLOOR = np.float32(-87.0)  # e ** y below it is subnormal in float32: taken 
 BLOCK = 256  # values per pass of _sigmoid_rows
 
 
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
+def _exp_split(y):
+    """``e ** y`` of a float32 ``y`` in [EXP_FLOOR, 0] as ``(p, bits)``: ``p`` a polynomial in the
+    remainder of ``y`` by ``ln 2``, ``bits`` the int32 whose float32 reading is ``2 ** k``, so
+    that ``e ** y = p * 2 ** k`` (the caller reads ``bits`` back as float32 in a second pass)."""
+    k = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = y - k * np.float32(0.693145751953125) - k * np.float32(1.428606765330187e-06)  # ln 2 in two parts
+    p = np.float32(1 / 720) + r * np.float32(1 / 5040)
+    p = np.float32(1 / 120) + r * p
+    p = np.float32(1 / 24) + r * p
+    p = np.float32(1 / 6) + r * p
+    p = np.float32(0.5) + r * p
+    p = np.float32(1.0) + r * p
+    return np.float32(1.0) + r * p, (np.int32(k) + 127) << 23
+
+
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def _sigmoid_rows(row, silu):
     """``row[:] = sigmoid(row)`` (or ``row * sigmoid(row)`` with ``silu``) in float32, to 3e-7
@@ -105,16 +121,7 @@ def _sigmoid_rows(row, silu):
         for t in range(n):
             y = -abs(part[t])
             y = y if y > EXP_FLOOR else EXP_FLOOR  # NaN too: a valid exponent, put back below
-            k = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
-            r = y - k * np.float32(0.693145751953125) - k * np.float32(1.428606765330187e-06)  # ln 2 in two parts
-            p = np.float32(1 / 720) + r * np.float32(1 / 5040)
-            p = np.float32(1 / 120) + r * p
-            p = np.float32(1 / 24) + r * p
-            p = np.float32(1 / 6) + r * p
-            p = np.float32(0.5) + r * p
-            p = np.float32(1.0) + r * p
-            poly[t] = np.float32(1.0) + r * p
-            bits[t] = (np.int32(k) + 127) << 23
+            poly[t], bits[t] = _exp_split(y)
         for t in range(n):
             v = part[t]
             e = poly[t] * scale[t] if -abs(v) > EXP_FLOOR else np.float32(0.0)
@@ -149,16 +156,8 @@ def _gelu_rows(row):
                 np.float32(0.09678418) + q * (np.float32(-0.18628806) + q * (np.float32(0.27886807) + q * (
                     np.float32(-1.13520398) + q * (np.float32(1.48851587) + q * (np.float32(-0.82215223) + q * np.float32(
                         0.17087277)))))))))
-            k = np.floor(a * np.float32(1.4426950408889634) + np.float32(0.5))
-            r = a - k * np.float32(0.693145751953125) - k * np.float32(1.428606765330187e-06)  # ln 2 in two parts
-            p = np.float32(1 / 720) + r * np.float32(1 / 5040)
-            p = np.float32(1 / 120) + r * p
-            p = np.float32(1 / 24) + r * p
-            p = np.float32(1 / 6) + r * p
-            p = np.float32(0.5) + r * p
-            p = np.float32(1.0) + r * p
-            poly[t] = np.float32(q) * (np.float32(1.0) + r * p)
-            bits[t] = (np.int32(k) + 127) << 23
+            e, bits[t] = _exp_split(a)
+            poly[t] = q * e
         for t in range(n):
             v = part[t]
             e = poly[t] * scale[t] if abs(v) < np.float32(12.7) else np.float32(0.0)
