@@ -174,12 +174,19 @@ def test_until_keeps_only_what_it_needs(tmp_path):
     assert "/neck/" not in text
 
 
-def test_ultralytics_yolov8n_through_its_neck(tmp_path, monkeypatch):
+def test_ultralytics_yolov8n_through_its_neck(tmp_path, monkeypatch, request):
     """The real YOLOv8n (Ultralytics' own definition, random weights from yolov8n.yaml, no
     download), through its neck: the three maps its Detect head reads. Skipped where
     ultralytics is not installed (it is not a test dependency)."""
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo_settings"))
+    # Importing ultralytics patches PIL.Image.open and NumPy's and torch's print options for the
+    # whole process: put them back after the test, or later doctests and runs see its changes.
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "open", Image.open)
+    printing = np.get_printoptions()
+    request.addfinalizer(lambda: (np.set_printoptions(**printing), torch.set_printoptions(profile="default")))
     ultralytics = pytest.importorskip("ultralytics")
     torch.manual_seed(0)
     model = ultralytics.YOLO("yolov8n.yaml").model.eval()
