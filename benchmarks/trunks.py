@@ -172,18 +172,26 @@ print(json.dumps({"seconds": seconds, "images": len(rows)}))
 """
 
 
+def resnet50_gem(size: tuple[int, int], work: Path) -> tuple[Path, Path, Path]:
+    """ResNet-50's trunk exported at ``size`` and imported into ``work/resnet50``, a config of
+    it with GeM on top, and the onnxruntime script: (the ONNX file, the config, the script)."""
+    tag = f"{size[0]}x{size[1]}"
+    onnx_path = export(trunk("resnet50"), size, work / f"resnet50_{tag}.onnx")
+    import_model(onnx_path, work / "resnet50")
+    config = work / f"resnet50_gem_{tag}.yaml"
+    config.write_text(HEAD.format(h=size[0], w=size[1]))
+    script = work / "ort_gem.py"
+    script.write_text(ORT_SCRIPT)
+    return onnx_path, config, script
+
+
 def end_to_end(size: tuple[int, int], rounds: int, work: Path, photos: Path) -> list[list[str]]:
     from end_to_end import make_photos, run_poolcli
 
     from poolcli import read_descriptors
 
     make_photos(photos)
-    onnx_path = export(trunk("resnet50"), size, work / "resnet50.onnx")
-    import_model(onnx_path, work / "resnet50")
-    config = work / "resnet50_gem.yaml"
-    config.write_text(HEAD.format(h=size[0], w=size[1]))
-    script = work / "ort_gem.py"
-    script.write_text(ORT_SCRIPT)
+    onnx_path, config, script = resnet50_gem(size, work)
     results: dict[str, list[dict]] = {"poolcli": [], "onnxruntime": []}
     for _ in range(rounds):
         results["poolcli"].append(run_poolcli(config, photos, work / "out", []))
@@ -210,9 +218,7 @@ def peak_memory(size: tuple[int, int], work: Path, photos: Path) -> list[list[st
     """Peak resident MiB of ``poolcli run`` with the imported ResNet-50 + GeM on one photo of
     ``size`` (H, W), against the onnxruntime script on the same photo: each a fresh process,
     ``ru_maxrss`` from ``wait4`` (the interpreter and its libraries included on both sides)."""
-    import os
-
-    from end_to_end import make_photos, run_poolcli
+    from end_to_end import make_photos, poolcli_command
     from PIL import Image
 
     make_photos(photos)
@@ -220,14 +226,7 @@ def peak_memory(size: tuple[int, int], work: Path, photos: Path) -> list[list[st
     one.mkdir(exist_ok=True)
     first = sorted(photos.glob("*.jpg"))[0]
     Image.open(first).convert("RGB").resize((size[1], size[0])).save(one / "photo.jpg", quality=95)
-    onnx_path = export(trunk("resnet50"), size, work / "resnet50_memory.onnx")
-    import_model(onnx_path, work / "resnet50")
-    config = work / "resnet50_gem_memory.yaml"
-    config.write_text(HEAD.format(h=size[0], w=size[1]))
-    script = work / "ort_gem.py"
-    script.write_text(ORT_SCRIPT)
-    from end_to_end import poolcli_command
-
+    onnx_path, config, script = resnet50_gem(size, work)
     ours = launched_peak_mib([*poolcli_command(), "run", str(config), str(one), "-o", str(work / "out-memory"),
                               "--overwrite", "--no-progress"])
     theirs = launched_peak_mib([sys.executable, str(script), str(config), str(onnx_path), str(one),

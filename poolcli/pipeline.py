@@ -320,11 +320,12 @@ class Pipeline:
             x = _rescale(scale)(x)
         values = {"input": x}
         threads = None if costs is None else _StageThreads()
+        reusers = frozenset() if keep_all else self._residual_reusers  # every map is the caller's with keep_all
         try:
             for index, name, stage, inputs, done in self._every_step if keep_all else self._steps:
                 if threads is not None:
                     threads.fit(costs[index])
-                if index in self._residual_reusers and _unshared(values[inputs[1]]):
+                if index in reusers and _unshared(values[inputs[1]]):
                     out = stage(values[inputs[0]], values[inputs[1]], into_residual=True)
                 else:
                     out = stage(*map(values.__getitem__, inputs))

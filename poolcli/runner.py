@@ -183,16 +183,14 @@ def _run_local(pipeline, listing, folder, manifest, pending, keys, done_stats, s
         nonlocal done
         done += 1
         progress(done, len(listing))
-    together = False  # one image at a time on every core, rather than an image per core
-    if kernels_threadsafe():
-        if threads is None and workers is None:
-            plan = _plan_parallelism(pipeline, listing, keys, max_pixels)
-            if plan is not None:
-                summary.parallelism = plan.describe()
-                together = plan.workers == 1
-                threads = plan.threads
+    side_by_side = kernels_threadsafe()  # an image per worker, its kernels on its own threads
+    if side_by_side and threads is None and workers is None:
+        plan = _plan_parallelism(pipeline, listing, keys, max_pixels)
+        if plan is not None:
+            summary.parallelism = plan.describe()
+            side_by_side, threads = plan.workers > 1, plan.threads
+    if side_by_side:
         threads = threads or 1
-    if kernels_threadsafe() and not together:
         _set_threads(threads)  # checks the value; each worker sets it for itself
         workers = workers or max(1, usable_cores() // threads)
         decoded = DecodeAhead(listing, keys, pipeline, max_pixels, workers, compute_threads=threads)

@@ -231,6 +231,8 @@ def test_a_conv_writes_over_a_spent_residual_and_never_one_still_needed(later_us
     if later_use:
         expected = expected + a
     np.testing.assert_allclose(pipeline(x), expected, rtol=1e-4, atol=1e-4)
+    every = pipeline.outputs(x)  # every map is the caller's: none written over
+    np.testing.assert_allclose(every["a"], a, rtol=1e-4, atol=1e-4)
 
 
 def test_from_yaml_takes_a_shipped_configs_name(tmp_path, monkeypatch):

@@ -214,6 +214,14 @@ def _load_cached(numba_load_overload):
     return load_overload
 
 
+def wide_vectors() -> bool:
+    """Whether the kernels compile for 512-bit vectors: :func:`_start_numba` asked for them
+    (:func:`_wide_vector_features`), or a user's NUMBA_CPU_FEATURES does."""
+    from numba.core import config
+
+    return config.CPU_FEATURES is not None and "-prefer-256-bit" in config.CPU_FEATURES
+
+
 def _wide_vector_features() -> str | None:
     """The host's CPU features, less LLVM's preference for 256-bit vectors, on CPUs with AVX-512
     (None elsewhere: Numba's default). LLVM prefers 256 bits there because 512-bit instructions

@@ -403,9 +403,7 @@ def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, bet
     for worker in prange(workers):
         image, product = images[worker], products[worker]
         for task in range(worker, tasks, workers):
-            i, j, g = task % parts, task // parts % tiles, task // parts // tiles
-            p0, o0 = j * tile, i * rows
-            n, m = min(tile, positions - p0), min(rows, per_group - o0)
+            g, p0, o0, n, m = _task_span(task, parts, tiles, tile, rows, positions, per_group)
             if m <= 0:
                 continue
             first = g * per_group + o0  # the task's first output channel
@@ -449,9 +447,7 @@ def shifted_planes(sgemm, planes, matrix, offsets, channel_stride, bias, residua
     for worker in prange(workers):
         product = products[worker]
         for task in range(worker, tasks, workers):
-            i, j, g = task % parts, task // parts % tiles, task // parts // tiles
-            p0, o0 = j * tile, i * rows
-            n, m = min(tile, positions - p0), min(rows, per_group - o0)
+            g, p0, o0, n, m = _task_span(task, parts, tiles, tile, rows, positions, per_group)
             if m <= 0:
                 continue
             for t in range(kernel_taps):
@@ -460,6 +456,16 @@ def shifted_planes(sgemm, planes, matrix, offsets, channel_stride, bias, residua
                       np.float32(1 if t > 0 else 0), product.ctypes.data, n)
             _finish_task(out, flat, product, False, g * per_group + o0, m, n, p0, bias, residual, with_residual, cols,
                          code, alpha, beta)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _task_span(task, parts, tiles, tile, rows, positions, per_group):
+    """Task ``task`` of :func:`gemm_planes` and :func:`shifted_planes`: its group ``g``, first
+    grid position ``p0`` and first output channel ``o0`` of the group, and its ``n`` positions
+    and ``m`` channels (none past the group's last: a task may have ``m <= 0``)."""
+    i, j, g = task % parts, task // parts % tiles, task // parts // tiles
+    p0, o0 = j * tile, i * rows
+    return g, p0, o0, min(tile, positions - p0), min(rows, per_group - o0)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH, inline="always")
@@ -733,9 +739,9 @@ def products_min_channels() -> int:
     224x224 4.6 ms against 5.8, 3 -> 64 7x7/2 at 512x512 6.9 against 8.4, 1 -> 24 15x15 14 against
     20; from 64 channels a product per tap wins, 256 -> 256 at 28x28 4.2 against 5.2). With
     256-bit vectors the products won from 16 channels (an AMD EPYC): no further limit."""
-    import llvmlite.binding as llvm
+    from poolcli.kernels import wide_vectors
 
-    return AVX512_PRODUCTS_MIN_CHANNELS if llvm.get_host_cpu_features().get("avx512f") else 0
+    return AVX512_PRODUCTS_MIN_CHANNELS if wide_vectors() else 0
 
 
 AVX512_PRODUCTS_MIN_CHANNELS = 48
