@@ -10,7 +10,8 @@ Each trunk is a torchvision model with random weights (nothing can be downloaded
 its classifier (``features``, or a ResNet's children up to ``layer4``), exported with
 ``torch.onnx.export`` (opset 17) at the benchmark's size, imported with ``poolcli import`` and
 built as a pipeline. One float32 image ``(3, H, W)`` goes through poolcli (``Pipeline``),
-onnxruntime (``intra_op_num_threads=2``, one inter-op thread) and PyTorch
+onnxruntime (``intra_op_num_threads=2``, one inter-op thread, its threads not left spinning
+after a run: they slowed whichever contender ran next) and PyTorch
 (``torch.set_num_threads(2)`` right before each call), called once untimed each and then
 timed alternately, ``--rounds`` rounds in a new random order per round; the table gives
 medians, poolcli's speed as a ratio of each (their time / poolcli's: above 1 is faster) and
@@ -86,6 +87,10 @@ def ort_session(path: Path, threads: int = TORCH_THREADS):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Its threads spin after each run, keeping both cores busy: whichever contender ran next
+    # took up to 1.8x its time (MobileNetV2: poolcli 40 -> 70 ms, torch 44 -> 78), while
+    # onnxruntime's own time is the same without the spinning (20 ms either way).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
