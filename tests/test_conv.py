@@ -546,6 +546,12 @@ METHOD_CASES = [
     ((8, 16, 17), 8, (3, 3), (2, 2), (1, 1), 8, (0, 1, 0, 1), "zeros"),
     ((4, 700, 8), 4, (3, 3), (1, 1), (1, 1), 4, (1, 1, 1, 1), "replicate"),
     ((6, 12, 13), 6, (7, 7), (1, 1), (1, 1), 6, (3, 3, 3, 3), "circular"),
+    # 3x3 stride 1 (F(4x4, 3x3) too): a map in many blocks of tile rows; asymmetric reflected pads
+    # and a last tile cut on both sides; a 1x1 output; padding that enlarges the map
+    ((64, 70, 61), 64, (3, 3), (1, 1), (1, 1), 1, (1, 1, 1, 1), "zeros"),
+    ((20, 13, 18), 24, (3, 3), (1, 1), (1, 1), 1, (0, 2, 1, 0), "reflect"),
+    ((5, 3, 3), 7, (3, 3), (1, 1), (1, 1), 1, (0, 0, 0, 0), "zeros"),
+    ((9, 6, 7), 11, (3, 3), (1, 1), (1, 1), 1, (2, 3, 2, 2), "replicate"),
 ]
 
 
@@ -553,7 +559,7 @@ METHOD_CASES = [
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_method_equals_naive_with_residual_and_activation(case, threads):
     """Each way the kernels compute a convolution (a product for 1x1, im2col products in tiles
-    and channel parts, a product per tap, the blocked and the narrow direct kernels), forced on the same weights,
+    and channel parts, a product per tap, the blocked and the narrow direct kernels, F(4x4, 3x3)), forced on the same weights,
     with a residual and an activation in its epilogue, equals the float64 loop."""
     import numba
 
@@ -568,8 +574,9 @@ def test_every_method_equals_naive_with_residual_and_activation(case, threads):
     ref = naive.conv2d(x, weight, bias, stride=stride, padding=pads, padding_mode=mode, dilation=dilation, groups=groups)
     residual = rng.standard_normal(ref.shape).astype(np.float32)
     expected = np.maximum(ref + residual, 0)
-    methods = kernels.methods(weight.shape, groups, pads)
+    methods = kernels.methods(weight.shape, groups, pads, stride, dilation)
     assert {"direct", "narrow"} <= set(methods)
+    assert ("winograd" in methods) == (kernel == (3, 3) and stride == dilation == (1, 1) and groups == 1)
     saved = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
@@ -585,7 +592,7 @@ def test_every_method_equals_naive_with_residual_and_activation(case, threads):
             out = kernels.convolve(x.copy(), prepared, pads, mode, stride, dilation, ref.shape[1:], residual=spent,
                                    activation=relu, threads=threads, into_residual=True)
             close(out, expected)
-            assert (out is spent) == (method in ("pointwise", "gemm", "shifted", "depthwise"))
+            assert (out is spent) == (method in ("pointwise", "gemm", "shifted", "depthwise", "winograd"))
     finally:
         numba.set_num_threads(saved)
 

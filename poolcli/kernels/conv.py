@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from poolcli.kernels import FASTMATH, blas
+from poolcli.kernels import FASTMATH, blas, winograd
 from poolcli.kernels.elementwise import activate_inplace, activate_row
 
 OUT_BLOCK = 8  # output channels per task
@@ -612,6 +612,21 @@ def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residua
     return out
 
 
+def conv2d_winograd(x, weights, bias, pads, mode, residual, activation, threads, out=None):
+    """A 3x3 stride-1 convolution without groups by F(4x4, 3x3) (:mod:`poolcli.kernels.winograd`)
+    with its epilogue; ``weights`` is :func:`winograd.transform_weights`'s (36, O, C)."""
+    top, bottom, left, right = pads
+    out_h, out_w = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
+    rows, cols = winograd.plane_size(out_h, out_w)
+    planes = pad_planes(x, pads, PADDING_MODES.index(mode), (1, 1), rows, cols, 0)
+    out = np.empty((weights.shape[1], out_h, out_w), np.float32) if out is None else out
+    block = winograd.block_rows(x.shape[0], weights.shape[1], out_h, out_w)
+    with blas.one_thread():
+        winograd.winograd_planes(blas.sgemm(), planes, weights, bias, residual, *activation, out, rows, cols, block,
+                                 threads)
+    return out
+
+
 def pointwise(x, matrix, bias, stride, residual, activation, threads, out=None):
     """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
     map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue."""
@@ -697,13 +712,14 @@ class Prepared:
     without padding or groups: one product), ``gemm`` (:func:`conv2d_gemm`: im2col), ``shifted``
     (:func:`conv2d_shifted`: a product per tap), ``depthwise``
     (:func:`depthwise`: one input channel per group), ``direct`` (:func:`conv_planes`) or
-    ``narrow`` (:func:`conv_planes_narrow`, for few output channels per group)."""
+    ``narrow`` (:func:`conv_planes_narrow`, for few output channels per group), or ``winograd``
+    (:func:`conv2d_winograd`: F(4x4, 3x3), 3x3 stride 1 only)."""
 
     method: str
     shape: tuple[int, int, int, int]  # the weights' (O, C/groups, kh, kw)
     groups: int
     data: np.ndarray  # pointwise: (1, O, C); gemm: (groups, O/groups, taps); shifted: (groups, kh * kw, O/groups,
-    # C/groups); depthwise: (O, kh, kw); else pack_weights's
+    # C/groups); depthwise: (O, kh, kw); winograd: (36, O, C); else pack_weights's
     bias: np.ndarray  # float32 (O,)
 
     def tap_offsets(self, stride, dilation, rows: int, cols: int) -> np.ndarray:
@@ -712,9 +728,11 @@ class Prepared:
         return tap_offsets(self.shape, self.groups, stride, dilation, rows, cols, chunk)
 
 
-def methods(weight_shape, groups: int, pads) -> list[str]:
-    """The methods that can compute weights (O, C/groups, kh, kw) applied with ``pads``, the one
-    :func:`prepare` picks first (the matrix products only where NumPy's OpenBLAS is found)."""
+def methods(weight_shape, groups: int, pads, stride=(1, 1), dilation=(1, 1)) -> list[str]:
+    """The methods that can compute weights (O, C/groups, kh, kw) applied with ``pads``,
+    ``stride`` and ``dilation``, the one :func:`prepare` picks first (the matrix products only
+    where NumPy's OpenBLAS is found). ``winograd`` is never first: it wins on large maps only,
+    which :func:`winograd_suits` decides per map size."""
     out_c, per_channel, kh, kw = weight_shape
     if per_channel == 1 and groups > 1 and out_c // groups <= DEPTHWISE_MAX_PER_CHANNEL:
         return ["depthwise", "narrow", "direct"]
@@ -727,8 +745,32 @@ def methods(weight_shape, groups: int, pads) -> list[str]:
     direct = ["narrow", "direct"] if narrow(weight_shape, groups) else ["direct", "narrow"]
     few_channels = (kh, kw) != (1, 1) and per_channel < products_min_channels()
     if out_c // groups >= GEMM_MIN_OUT and per_channel * kh * kw >= GEMM_MIN_TAPS and not few_channels:
-        return products + direct
-    return direct + products
+        found = products + direct
+    else:
+        found = direct + products
+    if winograd_applies(weight_shape, groups, stride, dilation):
+        found.append("winograd")
+    return found
+
+
+def winograd_applies(weight_shape, groups: int, stride, dilation) -> bool:
+    """Whether F(4x4, 3x3) can compute the convolution: 3x3, stride 1, no dilation or groups,
+    and BLAS's sgemm found."""
+    return (groups == 1 and tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and blas.sgemm() is not None)
+
+
+WINOGRAD_MIN_CHANNELS = 64  # input and output channels, at the least, for F(4x4, 3x3) to win
+WINOGRAD_MIN_TILES = 40  # output tiles (4x4), at the least
+
+
+def winograd_suits(weight_shape, groups: int, stride, dilation, out_hw) -> bool:
+    """Whether F(4x4, 3x3) beats a product per tap on this output size: with many channels on
+    both sides (its transforms cost per value, its saving per channel pair) and enough tiles
+    (its 36 products have a column per tile)."""
+    tiles = -(-out_hw[0] // 4) * -(-out_hw[1] // 4)
+    return (winograd_applies(weight_shape, groups, stride, dilation) and tiles >= WINOGRAD_MIN_TILES
+            and min(weight_shape[0], weight_shape[1]) >= WINOGRAD_MIN_CHANNELS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -761,6 +803,8 @@ def prepare(weight: np.ndarray, bias: np.ndarray | None, groups: int, pads, meth
         data = weight.reshape(groups, out_c // groups, per_channel, kh * kw).transpose(0, 3, 1, 2)
     elif method == "depthwise":
         data = weight.reshape(out_c, kh, kw)
+    elif method == "winograd":
+        data = winograd.transform_weights(weight)
     elif method == "direct":
         data = pack_weights(weight, groups, narrow_layout=False)
     else:
@@ -788,6 +832,8 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
         out = None
     if prepared.method == "pointwise":
         return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads, out)
+    if prepared.method == "winograd":
+        return conv2d_winograd(x, prepared.data, prepared.bias, pads, mode, residual, activation, threads, out)
     if prepared.method == "depthwise":
         out = np.empty((prepared.shape[0], *out_hw), np.float32) if out is None else out
         return depthwise(x, prepared.data, prepared.bias, tuple(pads), PADDING_MODES.index(mode),

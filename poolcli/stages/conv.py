@@ -423,11 +423,15 @@ class Conv(Stage):
         reads taps, their offsets (per map size)."""
         channels = shape[0]  # 1 after the channel mean
 
-        def prepare():
+        def prepare(method=None):
             bias = None if self._bias is None else self._bias.array
-            return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads)
+            return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads, method)
 
         prepared = self._derive(("weights", channels, pads), prepare)
+        if kernels.winograd_suits(prepared.shape, prepared.groups, self.stride, self.dilation,
+                                  self.output_shape(shape)[1:]):
+            # A large map: F(4x4, 3x3), its weights kept beside the first method's (other sizes).
+            return self._derive(("winograd", channels, pads), lambda: prepare("winograd")), None
         if prepared.method in ("pointwise", "depthwise"):  # they read the map itself
             return prepared, None
 
