@@ -618,6 +618,39 @@ def test_a_residual_that_is_the_input_is_never_written_over(method):
     assert out is not x and np.array_equal(x, before)
 
 
+@pytest.mark.parametrize("shape", [(32, 1, 1), (24, 2, 3)])
+def test_a_1x1_conv_on_a_few_pixels_is_one_numpy_product(tmp_path, shape):
+    """A squeeze-and-excitation block's 1x1 convs (8 output channels: the direct kernel's by
+    their shape) run as one product on a map of a few pixels, with the bias, the residual and the
+    activation; on a large map they keep the direct kernel."""
+    rng = np.random.default_rng(9)
+    weight = rng.standard_normal((8, shape[0], 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    pipeline = poolcli.Pipeline.from_config({"stages": [
+        {"type": "conv", "filters": save(tmp_path, "w.npy", weight), "bias": save(tmp_path, "b.npy", bias),
+         "activation": "silu", "name": "fc"},
+        {"type": "conv", "filters": save(tmp_path, "w2.npy", np.eye(8, dtype=np.float32)[:, :, None, None]),
+         "residual": "fc", "activation": "hard_sigmoid"}]}, base_dir=tmp_path)
+    first, second = pipeline.nodes[0].stage, pipeline.nodes[1].stage
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert first._plan(x.shape)[2].method == "pointwise"
+    fc = naive.conv2d(x, weight, bias)
+    fc = fc / (1 + np.exp(-fc))
+    close(first(x), fc)
+    y = second(fc.astype(np.float32), fc.astype(np.float32))
+    close(y, np.clip(0.2 * (2 * fc) + 0.5, 0, 1))
+    large = rng.standard_normal((shape[0], 64, 64)).astype(np.float32)
+    assert first._plan(large.shape)[2].method == kernels_methods(weight.shape)
+    big = naive.conv2d(large, weight, bias)
+    close(first(large), big / (1 + np.exp(-big)))
+
+
+def kernels_methods(weight_shape):
+    from poolcli.kernels import conv as kernels
+
+    return kernels.methods(weight_shape, 1, (0, 0, 0, 0))[0]
+
+
 def test_the_products_are_tried_where_numpy_has_openblas():
     from poolcli.kernels import blas
     from poolcli.kernels import conv as kernels

@@ -65,11 +65,11 @@ def test_the_conv_stage_takes_it_on_large_maps_only(tmp_path):
 
     stage, weight, bias = large_conv(tmp_path, np.random.default_rng(3))
     x = np.random.default_rng(4).standard_normal((64, 41, 37)).astype(np.float32)
-    assert stage._prepared(x.shape, stage._pads(*x.shape[1:]))[0].method == "winograd"
+    assert stage._plan(x.shape)[2].method == "winograd"
     expected = np.maximum(naive_conv2d(x, weight, bias, padding=1), 0)
     np.testing.assert_allclose(stage(x), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     small = x[:, :12, :12].copy()  # 9 tiles: a product per tap
-    assert stage._prepared(small.shape, stage._pads(12, 12))[0].method == "shifted"
+    assert stage._plan(small.shape)[2].method == "shifted"
     expected = np.maximum(naive_conv2d(small, weight, bias, padding=1), 0)
     np.testing.assert_allclose(stage(small), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     assert not kernels.winograd_suits((64, 64, 3, 3), 1, (2, 2), (1, 1), (64, 64))  # strided

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from poolcli.kernels import FASTMATH, blas, winograd
-from poolcli.kernels.elementwise import activate_inplace, activate_row
+from poolcli.kernels.elementwise import activate_inplace, activate_row, activate_serial
 
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
@@ -691,6 +691,14 @@ def pointwise(x, matrix, bias, stride, residual, activation, threads, out=None):
         x = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]])
     channels, out_h, out_w = x.shape
     out = np.empty((matrix.shape[1], out_h, out_w), np.float32) if out is None else out
+    if _small_product(matrix.shape[1], channels, out_h * out_w):  # one call, no threads
+        product = matrix[0] @ x.reshape(channels, -1)  # not into out, which may be the residual
+        product += bias[:, None]
+        if residual.size:
+            product += residual.reshape(product.shape)
+        activate_serial(product.reshape(-1), *activation)
+        out[...] = product.reshape(out.shape)
+        return out
     tile = product_tile(matrix.shape[1], out_h * out_w, threads)
     parts = channel_parts(1, matrix.shape[1], -(-out_h * out_w // tile), threads)
     with blas.one_thread():
@@ -819,6 +827,27 @@ def winograd_applies(weight_shape, groups: int, stride, dilation) -> bool:
 
 WINOGRAD_MIN_CHANNELS = 64  # input and output channels, at the least, for F(4x4, 3x3) to win
 WINOGRAD_MIN_TILES = 40  # output tiles (4x4), at the least
+
+
+def method_for_size(prepared: Prepared, pads, stride, dilation, out_hw) -> str | None:
+    """A method that beats ``prepared``'s (the one for any size) on an output of ``out_hw``, or
+    None: F(4x4, 3x3) on large maps (:func:`winograd_suits`), and one NumPy product for a 1x1
+    conv on a map of a few pixels (a squeeze-and-excitation block's), where the direct
+    kernel's launches cost 20 us to its work's 1."""
+    if winograd_suits(prepared.shape, prepared.groups, stride, dilation, out_hw):
+        return "winograd"
+    pointwise_shape = prepared.groups == 1 and prepared.shape[2:] == (1, 1) and tuple(pads) == (0, 0, 0, 0)
+    if (prepared.method != "pointwise" and pointwise_shape and blas.sgemm() is not None
+            and _small_product(prepared.shape[0], prepared.shape[1], out_hw[0] * out_hw[1])):
+        return "pointwise"
+    return None
+
+
+SMALL_PRODUCT = 1 << 16  # multiply-adds of a 1x1 conv below which one NumPy product beats the kernels
+
+
+def _small_product(out_c: int, channels: int, positions: int) -> bool:
+    return out_c * channels * positions < SMALL_PRODUCT
 
 
 def winograd_suits(weight_shape, groups: int, stride, dilation, out_hw) -> bool:

@@ -206,6 +206,13 @@ def activate(x, code, alpha, beta):
     return out.reshape(x.shape)
 
 
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
+def activate_serial(flat, code, alpha, beta):
+    """``flat[:] = fn(flat)`` on the calling thread: for a few values, where launching threads
+    would cost more than the work."""
+    activate_row(flat, code, alpha, beta)
+
+
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def activate_inplace(x, code, alpha, beta):
     """``x[...] = fn(x)``, for arrays a kernel has just produced."""

@@ -403,24 +403,36 @@ class Conv(Stage):
     def __call__(self, x, residual=None, into_residual=False):
         """The conv of ``x``; ``into_residual``: the result may be written over ``residual``
         (the caller reads it no more)."""
-        out_c, out_h, out_w = self.output_shape(x.shape)
-        pads = self._pads(*x.shape[1:])
-        if not self._full and self.channels == "mean":
+        plan = self._derived.get(("plan", x.shape))
+        if plan is None:
+            plan = self._derive(("plan", tuple(x.shape)), lambda: self._plan(x.shape))
+        out_hw, pads, prepared, offsets, mean = plan
+        if mean:
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
         # read-only arrays apart).
         x = np.require(x, np.float32, "CW")
-        prepared, offsets = self._prepared(x.shape, pads)
         fused = self.activation.kernel_arguments
-        out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, (out_h, out_w),
-                               offsets, residual, fused, threads=_kernel_threads(),
+        out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, out_hw, offsets,
+                               residual, fused, threads=_kernel_threads(),
                                into_residual=into_residual and fused is not None)
         return out if fused is not None else self.activation.apply(out, inplace=True)
 
-    def _prepared(self, shape, pads):
-        """What the kernel needs besides the map, kept between calls: the weights in the layout
-        of the method that computes them (per channel count and padding) and, where that method
-        reads taps, their offsets (per map size)."""
+    def _plan(self, shape):
+        """Everything a call on a map of ``shape`` needs besides the map, kept per shape (a
+        stage of a 1x1 map spends more in Python than in its kernel): the output size, the
+        pads, the prepared weights and their tap offsets, and whether the channels are
+        averaged first."""
+        out_hw = self.output_shape(shape)[1:]
+        pads = self._pads(*shape[1:])
+        mean = not self._full and self.channels == "mean"
+        prepared, offsets = self._prepared((1, *shape[1:]) if mean else tuple(shape), pads, out_hw)
+        return out_hw, pads, prepared, offsets, mean
+
+    def _prepared(self, shape, pads, out_hw):
+        """The weights in the layout of the method that computes them (per channel count and
+        padding, and for some methods per output size) and, where that method reads taps,
+        their offsets (per map size)."""
         channels = shape[0]  # 1 after the channel mean
 
         def prepare(method=None):
@@ -428,17 +440,12 @@ class Conv(Stage):
             return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads, method)
 
         prepared = self._derive(("weights", channels, pads), prepare)
-        if kernels.winograd_suits(prepared.shape, prepared.groups, self.stride, self.dilation,
-                                  self.output_shape(shape)[1:]):
-            # A large map: F(4x4, 3x3), its weights kept beside the first method's (other sizes).
-            return self._derive(("winograd", channels, pads), lambda: prepare("winograd")), None
-        if prepared.method in ("pointwise", "depthwise"):  # they read the map itself
+        method = kernels.method_for_size(prepared, pads, self.stride, self.dilation, out_hw)
+        if method is not None:  # its weights kept beside the first method's (other sizes)
+            prepared = self._derive((method, channels, pads), lambda: prepare(method))
+        if prepared.method in ("pointwise", "depthwise", "winograd"):  # they read the map itself
             return prepared, None
-
-        def tap_offsets():
-            return prepared.tap_offsets(self.stride, self.dilation, *kernels.plane_size(shape, pads, self.stride))
-
-        return prepared, self._derive(("offsets", tuple(shape), pads), tap_offsets)
+        return prepared, prepared.tap_offsets(self.stride, self.dilation, *kernels.plane_size(shape, pads, self.stride))
 
     def _derive(self, key, compute):
         """``compute()``, kept under ``key`` between calls (sizes vary from image to image: the
