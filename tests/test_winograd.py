@@ -73,6 +73,10 @@ def test_the_conv_stage_takes_it_on_large_maps_only(tmp_path):
     expected = np.maximum(naive_conv2d(small, weight, bias, padding=1), 0)
     np.testing.assert_allclose(stage(small), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     assert not kernels.winograd_suits((64, 64, 3, 3), 1, (2, 2), (1, 1), (64, 64))  # strided
+    # 512 x 512 channels: weights 4 times larger want 4 times the tiles
+    assert kernels.winograd_suits((256, 256, 3, 3), 1, (1, 1), (1, 1), (28, 28))
+    assert not kernels.winograd_suits((512, 512, 3, 3), 1, (1, 1), (1, 1), (28, 28))
+    assert kernels.winograd_suits((512, 512, 3, 3), 1, (1, 1), (1, 1), (56, 56))
     assert not kernels.winograd_suits((64, 16, 3, 3), 1, (1, 1), (1, 1), (64, 64))  # few input channels
 
 

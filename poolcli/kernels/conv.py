@@ -826,19 +826,21 @@ def winograd_applies(weight_shape, groups: int, stride, dilation) -> bool:
 
 
 WINOGRAD_MIN_CHANNELS = 64  # input and output channels, at the least, for F(4x4, 3x3) to win
-WINOGRAD_MIN_TILES = 40  # output tiles (4x4), at the least
+WINOGRAD_MIN_TILES = 40  # output tiles (4x4), at the least, up to 256 x 256 channels; more beyond
+WINOGRAD_CHANNEL_PAIRS = 256 * 256
 
 
-def method_for_size(prepared: Prepared, pads, stride, dilation, out_hw) -> str | None:
-    """A method that beats ``prepared``'s (the one for any size) on an output of ``out_hw``, or
-    None: F(4x4, 3x3) on large maps (:func:`winograd_suits`), and one NumPy product for a 1x1
-    conv on a map of a few pixels (a squeeze-and-excitation block's), where the direct
-    kernel's launches cost 20 us to its work's 1."""
-    if winograd_suits(prepared.shape, prepared.groups, stride, dilation, out_hw):
+def method_for_size(weight_shape, groups: int, pads, stride, dilation, out_hw) -> str | None:
+    """The method for weights (O, C/groups, kh, kw) on an output of ``out_hw``, where one beats
+    the first of :func:`methods` (which go by the weights alone), else None (that one):
+    F(4x4, 3x3) on large maps (:func:`winograd_suits`), and one NumPy product for a 1x1 conv on
+    a map of a few pixels (a squeeze-and-excitation block's), where the direct kernel's launches
+    cost 20 us to its work's 1."""
+    if winograd_suits(weight_shape, groups, stride, dilation, out_hw):
         return "winograd"
-    pointwise_shape = prepared.groups == 1 and prepared.shape[2:] == (1, 1) and tuple(pads) == (0, 0, 0, 0)
-    if (prepared.method != "pointwise" and pointwise_shape and blas.sgemm() is not None
-            and _small_product(prepared.shape[0], prepared.shape[1], out_hw[0] * out_hw[1])):
+    pointwise_shape = groups == 1 and tuple(weight_shape[2:]) == (1, 1) and tuple(pads) == (0, 0, 0, 0)
+    if (pointwise_shape and blas.sgemm() is not None
+            and _small_product(weight_shape[0], weight_shape[1], out_hw[0] * out_hw[1])):
         return "pointwise"
     return None
 
@@ -853,9 +855,14 @@ def _small_product(out_c: int, channels: int, positions: int) -> bool:
 def winograd_suits(weight_shape, groups: int, stride, dilation, out_hw) -> bool:
     """Whether F(4x4, 3x3) beats a product per tap on this output size: with many channels on
     both sides (its transforms cost per value, its saving per channel pair) and enough tiles
-    (its 36 products have a column per tile)."""
+    (its 36 products have a column per tile). Its weights are 4 times the conv's, read once a
+    call: past 256 x 256 channels it takes proportionally more tiles (512 -> 512: 160, maps of
+    50x50), where those bytes buy the most (measured on 2 threads: 512 -> 512 at 28x28 gained
+    7%, at 14x14 lost 5%; ResNet-50 at 768x1024 held 75 MB more for it)."""
     tiles = -(-out_hw[0] // 4) * -(-out_hw[1] // 4)
-    return (winograd_applies(weight_shape, groups, stride, dilation) and tiles >= WINOGRAD_MIN_TILES
+    pairs = weight_shape[0] * weight_shape[1]
+    return (winograd_applies(weight_shape, groups, stride, dilation)
+            and tiles >= WINOGRAD_MIN_TILES * max(1.0, pairs / WINOGRAD_CHANNEL_PAIRS)
             and min(weight_shape[0], weight_shape[1]) >= WINOGRAD_MIN_CHANNELS)
 
 

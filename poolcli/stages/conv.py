@@ -439,10 +439,11 @@ class Conv(Stage):
             bias = None if self._bias is None else self._bias.array
             return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads, method)
 
-        prepared = self._derive(("weights", channels, pads), prepare)
-        method = kernels.method_for_size(prepared, pads, self.stride, self.dilation, out_hw)
-        if method is not None:  # its weights kept beside the first method's (other sizes)
-            prepared = self._derive((method, channels, pads), lambda: prepare(method))
+        groups = self.groups_for(channels)
+        shape_of_weights = (self._out_channels(channels), channels // groups, *self.kernel)
+        method = kernels.method_for_size(shape_of_weights, groups, pads, self.stride, self.dilation, out_hw)
+        # Only the weights a map of this size needs: F(4x4, 3x3)'s are 4 times the size.
+        prepared = self._derive((method, channels, pads), lambda: prepare(method))
         if prepared.method in ("pointwise", "depthwise", "winograd"):  # they read the map itself
             return prepared, None
         return prepared, prepared.tap_offsets(self.stride, self.dilation, *kernels.plane_size(shape, pads, self.stride))
