@@ -153,7 +153,7 @@ def test_bench_errors_are_one_line(tmp_path, args, message):
 
 
 def warmup_in_fresh_process(config, cache):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    env = {**os.environ, "POOLCLI_CACHE_DIR": str(cache)}  # the first choice: a user's own cannot win
     done = subprocess.run([sys.executable, "-m", "poolcli", "warmup", str(config), "--no-progress"],
                           capture_output=True, text=True, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -182,7 +182,7 @@ def test_a_warm_run_loads_its_kernels_without_numbas_registries(tmp_path):
         "y = pipe(np.linspace(-1, 1, 3 * 32 * 32, dtype=np.float32).reshape(3, 32, 32))\n"
         "print(json.dumps([y.tolist(), 'numba.np.arraymath' in sys.modules, 'scipy.linalg' in sys.modules]))\n"
     )
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / "cache")}
 
     def fresh_process():
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
@@ -201,7 +201,7 @@ def test_a_first_run_says_it_compiles_and_how_many(tmp_path):
     otherwise: the run says so when it starts compiling, and its summary counts them."""
     config = tmp_path / "spoc.yaml"
     config.write_text("stages: [{type: spoc}]\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "POOLCLI_CACHE_DIR": str(tmp_path / "cache")}
 
     def run(out):
         command = [sys.executable, "-m", "poolcli", "run", str(config), str(REPO / "sample_images" / "camera.png"),
