@@ -669,11 +669,10 @@ def conv2d_shifted(x, matrix, bias, pads, mode, stride, out_hw, offsets, residua
     return out
 
 
-def conv2d_winograd(x, weights, bias, pads, mode, residual, activation, threads, out=None):
+def conv2d_winograd(x, weights, bias, pads, mode, out_hw, residual, activation, threads, out=None):
     """A 3x3 stride-1 convolution without groups by F(4x4, 3x3) (:mod:`poolcli.kernels.winograd`)
     with its epilogue; ``weights`` is :func:`winograd.transform_weights`'s (36, O, C)."""
-    top, bottom, left, right = pads
-    out_h, out_w = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
+    out_h, out_w = out_hw
     rows, cols = winograd.plane_size(out_h, out_w)
     planes = pad_planes(x, pads, PADDING_MODES.index(mode), (1, 1), rows, cols, 0)
     out = np.empty((weights.shape[1], out_h, out_w), np.float32) if out is None else out
@@ -803,7 +802,7 @@ def methods(weight_shape, groups: int, pads, stride=(1, 1), dilation=(1, 1)) -> 
         return ["depthwise", "narrow", "direct"]
     products = []
     if blas.sgemm() is not None:
-        if groups == 1 and (kh, kw) == (1, 1) and tuple(pads) == (0, 0, 0, 0):
+        if _pointwise_shape(weight_shape, groups, pads):
             products.append("pointwise")
         products.append("gemm")
         products.insert(-1 if per_channel >= SHIFTED_MIN_CHANNELS else len(products), "shifted")
@@ -816,6 +815,11 @@ def methods(weight_shape, groups: int, pads, stride=(1, 1), dilation=(1, 1)) -> 
     if winograd_applies(weight_shape, groups, stride, dilation):
         found.append("winograd")
     return found
+
+
+def _pointwise_shape(weight_shape, groups: int, pads) -> bool:
+    """Whether :func:`pointwise` can compute the convolution: 1x1, no padding or groups."""
+    return groups == 1 and tuple(weight_shape[2:]) == (1, 1) and tuple(pads) == (0, 0, 0, 0)
 
 
 def winograd_applies(weight_shape, groups: int, stride, dilation) -> bool:
@@ -838,8 +842,7 @@ def method_for_size(weight_shape, groups: int, pads, stride, dilation, out_hw) -
     cost 20 us to its work's 1."""
     if winograd_suits(weight_shape, groups, stride, dilation, out_hw):
         return "winograd"
-    pointwise_shape = groups == 1 and tuple(weight_shape[2:]) == (1, 1) and tuple(pads) == (0, 0, 0, 0)
-    if (pointwise_shape and blas.sgemm() is not None
+    if (_pointwise_shape(weight_shape, groups, pads) and blas.sgemm() is not None
             and _small_product(weight_shape[0], weight_shape[1], out_hw[0] * out_hw[1])):
         return "pointwise"
     return None
@@ -859,10 +862,10 @@ def winograd_suits(weight_shape, groups: int, stride, dilation, out_hw) -> bool:
     call: past 256 x 256 channels it takes proportionally more tiles (512 -> 512: 160, maps of
     50x50), where those bytes buy the most (measured on 2 threads: 512 -> 512 at 28x28 gained
     7%, at 14x14 lost 5%; ResNet-50 at 768x1024 held 75 MB more for it)."""
-    tiles = -(-out_hw[0] // 4) * -(-out_hw[1] // 4)
+    tile_rows, per_row = winograd.tiles(*out_hw)
     pairs = weight_shape[0] * weight_shape[1]
     return (winograd_applies(weight_shape, groups, stride, dilation)
-            and tiles >= WINOGRAD_MIN_TILES * max(1.0, pairs / WINOGRAD_CHANNEL_PAIRS)
+            and tile_rows * per_row >= WINOGRAD_MIN_TILES * max(1.0, pairs / WINOGRAD_CHANNEL_PAIRS)
             and min(weight_shape[0], weight_shape[1]) >= WINOGRAD_MIN_CHANNELS)
 
 
@@ -926,7 +929,8 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     if prepared.method == "pointwise":
         return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads, out)
     if prepared.method == "winograd":
-        return conv2d_winograd(x, prepared.data, prepared.bias, pads, mode, residual, activation, threads, out)
+        return conv2d_winograd(x, prepared.data, prepared.bias, pads, mode, out_hw, residual, activation, threads,
+                               out)
     if prepared.method == "depthwise":
         out = np.empty((prepared.shape[0], *out_hw), np.float32) if out is None else out
         return depthwise(x, prepared.data, prepared.bias, tuple(pads), PADDING_MODES.index(mode),

@@ -405,7 +405,7 @@ class Conv(Stage):
         (the caller reads it no more)."""
         plan = self._derived.get(("plan", x.shape))
         if plan is None:
-            plan = self._derive(("plan", tuple(x.shape)), lambda: self._plan(x.shape))
+            plan = self._derive(("plan", x.shape), lambda: self._plan(x.shape))
         out_hw, pads, prepared, offsets, mean = plan
         if mean:
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -423,24 +423,24 @@ class Conv(Stage):
         stage of a 1x1 map spends more in Python than in its kernel): the output size, the
         pads, the prepared weights and their tap offsets, and whether the channels are
         averaged first."""
-        out_hw = self.output_shape(shape)[1:]
+        out_c, out_h, out_w = self.output_shape(shape)
         pads = self._pads(*shape[1:])
         mean = not self._full and self.channels == "mean"
-        prepared, offsets = self._prepared((1, *shape[1:]) if mean else tuple(shape), pads, out_hw)
-        return out_hw, pads, prepared, offsets, mean
+        prepared, offsets = self._prepared((1, *shape[1:]) if mean else tuple(shape), pads, out_c, (out_h, out_w))
+        return (out_h, out_w), pads, prepared, offsets, mean
 
-    def _prepared(self, shape, pads, out_hw):
-        """The weights in the layout of the method that computes them (per channel count and
-        padding, and for some methods per output size) and, where that method reads taps,
-        their offsets (per map size)."""
+    def _prepared(self, shape, pads, out_c, out_hw):
+        """The weights (``out_c`` outputs) in the layout of the method that computes them (per
+        channel count and padding, and for some methods per output size) and, where that
+        method reads taps, their offsets (per map size)."""
         channels = shape[0]  # 1 after the channel mean
-
-        def prepare(method=None):
-            bias = None if self._bias is None else self._bias.array
-            return kernels.prepare(self.weights(channels), bias, self.groups_for(channels), pads, method)
-
         groups = self.groups_for(channels)
-        shape_of_weights = (self._out_channels(channels), channels // groups, *self.kernel)
+
+        def prepare(method):
+            bias = None if self._bias is None else self._bias.array
+            return kernels.prepare(self.weights(channels), bias, groups, pads, method)
+
+        shape_of_weights = (out_c, channels // groups, *self.kernel)
         method = kernels.method_for_size(shape_of_weights, groups, pads, self.stride, self.dilation, out_hw)
         # Only the weights a map of this size needs: F(4x4, 3x3)'s are 4 times the size.
         prepared = self._derive((method, channels, pads), lambda: prepare(method))
