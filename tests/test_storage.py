@@ -14,7 +14,7 @@ import poolcli
 from poolcli import Pipeline, PoolcliError
 from poolcli.io.inputs import collect_inputs
 from poolcli.io.output import RunFolder
-from poolcli.io.storage import RemotePath, as_path, is_url, local_path
+from poolcli.io.storage import RemotePath, as_path, is_url, local_path, read_parquet
 from poolcli.runner import run
 
 fsspec = pytest.importorskip("fsspec")
@@ -103,6 +103,19 @@ def test_a_run_on_urls_writes_what_a_local_run_writes(tmp_path, bucket):
     assert (again.shards_resumed, again.processed) == (2, 2)
     np.testing.assert_array_equal(poolcli.read_descriptors(out)[0], vectors)
     assert not [p for p in memory.find(key) if p.endswith(".tmp")]
+
+
+def test_parquet_on_a_url_reads_as_the_same_file_on_disk(tmp_path, bucket):
+    _, url = bucket
+    out = url.replace("/images", "/out")
+    run(Pipeline.from_config(DESCRIPTOR), [url], out, shard_size=2)
+    part = "/metadata/part-00001.parquet"
+    (tmp_path / "part.parquet").write_bytes(RemotePath(out + part).read_bytes())
+    whole = pq.read_table(tmp_path / "part.parquet")
+    assert whole.num_rows == 2
+    assert read_parquet(RemotePath(out + part)).equals(whole)
+    assert read_parquet(tmp_path / "part.parquet").equals(whole)
+    assert read_parquet(RemotePath(out + part), ["key", "path"]).equals(whole.select(["key", "path"]))
 
 
 def test_maps_on_urls(bucket):

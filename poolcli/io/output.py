@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from poolcli.errors import OutputError
-from poolcli.io.storage import RemotePath, as_path, readable, remove_tree
+from poolcli.io.storage import RemotePath, as_path, read_parquet, readable, remove_tree
 from poolcli.io.tars import SAMPLE_FIELDS
 
 try:
@@ -398,7 +398,6 @@ def read_descriptors(out: str | Path):
     """All complete descriptor shards of a run folder: an ``[N, D]`` array and the metadata
     table, row i of one describing row i of the other."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = RunFolder(out)
     manifest = folder.read_manifest()
@@ -413,7 +412,7 @@ def read_descriptors(out: str | Path):
         npy = folder.path / "descriptors" / part_name(shard, ".npy")
         if npy.exists():
             vectors.append(np.load(readable(npy), allow_pickle=False))
-            tables.append(pq.read_table(readable(folder.path / "metadata" / part_name(shard, ".parquet"))))
+            tables.append(read_parquet(folder.path / "metadata" / part_name(shard, ".parquet")))
     dim = manifest.get("dim") or 0
     if not vectors:
         return np.zeros((0, dim), np.dtype(manifest.get("dtype", "float32"))), metadata_schema("descriptors").empty_table()

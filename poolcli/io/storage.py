@@ -85,6 +85,25 @@ def readable(path: Path | RemotePath):
     return path
 
 
+def read_parquet(path: Path | RemotePath, columns: list[str] | None = None):
+    """The table in a Parquet file, read at once on this thread.
+
+    A remote file's bytes are copied into memory pyarrow owns: a Python file object or bytes
+    handed to pyarrow are released by whichever of its threads drops the last reference, and
+    one doing so while the interpreter exits takes the GIL from a finished Python and aborts
+    the process ("terminate called without an active exception")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(path, RemotePath):
+        data = path.read_bytes()
+        buffer = pa.allocate_buffer(len(data))
+        memoryview(buffer).cast("B")[:] = data
+        path = pa.BufferReader(buffer)
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read(columns=columns, use_threads=False)
+
+
 def remove_tree(path: Path | RemotePath) -> None:
     """Remove a folder and everything under it, if it exists."""
     if isinstance(path, RemotePath):

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from poolcli.errors import OutputError, PoolcliError
-from poolcli.io.storage import readable
+from poolcli.io.storage import read_parquet
 
 #: Bytes for one block: its rows, their normalised copy, their scores and the bookkeeping.
 SCORE_BUDGET = 64 * 2**20
@@ -116,8 +116,6 @@ class DescriptorSet:
 
     def key_path(self, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The key and path of each of ``rows`` (reading only the metadata of their shards)."""
-        import pyarrow.parquet as pq
-
         rows = np.asarray(rows, np.int64)
         keys = np.zeros(len(rows), np.int64)
         paths = [""] * len(rows)
@@ -125,7 +123,7 @@ class DescriptorSet:
         which = np.searchsorted(starts, rows, side="right") - 1
         for index in np.unique(which):
             shard = self.shards[index]
-            table = pq.read_table(readable(shard.metadata), columns=["key", "path"])
+            table = read_parquet(shard.metadata, ["key", "path"])
             at = np.nonzero(which == index)[0]
             local = rows[at] - shard.start
             shard_keys = table.column("key").to_numpy()
@@ -136,13 +134,11 @@ class DescriptorSet:
 
     def by_key(self, key: int) -> tuple[np.ndarray, str]:
         """The descriptor and path of the input with ``key``."""
-        import pyarrow.parquet as pq
-
         shard_size = int(self.manifest.get("shard_size") or 1)
         for shard in self.shards:
             if shard.number != key // shard_size:
                 continue
-            table = pq.read_table(readable(shard.metadata), columns=["key", "path", "row"])
+            table = read_parquet(shard.metadata, ["key", "path", "row"])
             found = np.nonzero(table.column("key").to_numpy() == key)[0]
             if len(found):
                 row = int(table.column("row")[int(found[0])].as_py())
@@ -159,12 +155,10 @@ class DescriptorSet:
     def key_of_path(self, path: str) -> int:
         """The key of the input at ``path``: the path as the run recorded it, or the same file
         named another way (relative, through a symlink), or the one path that ends with it."""
-        import pyarrow.parquet as pq
-
         wanted = _resolved(path)
         same, ending = [], []
         for shard in self.shards:
-            table = pq.read_table(readable(shard.metadata), columns=["key", "path"])
+            table = read_parquet(shard.metadata, ["key", "path"])
             for key, recorded in zip(table.column("key").to_pylist(), table.column("path").to_pylist()):
                 if recorded == path:
                     return int(key)
