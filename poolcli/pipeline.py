@@ -70,6 +70,7 @@ class Pipeline:
                                   self.weights_files)
         self._needed = _needed(self.nodes)
         self._last_use = _last_use(self.nodes, self._needed)
+        _plan_layouts(self.nodes, self._needed)
         self._fits: dict[tuple[int, ...], tuple] = {}  # input shapes traced without error -> _fit's costs
         keep_freed_memory()  # the maps of one image reuse the memory of the last one's
         if config.multiscale and self.kind != "descriptors":
@@ -329,7 +330,7 @@ class Pipeline:
                     out = stage(values[inputs[0]], values[inputs[1]], into_residual=True)
                 else:
                     out = stage(*map(values.__getitem__, inputs))
-                values[name] = np.ascontiguousarray(out, dtype=np.float32)
+                values[name] = out if _settled(out) else np.ascontiguousarray(out, dtype=np.float32)
                 del out  # the map's one holder is values
                 for used in done:
                     del values[used]
@@ -618,6 +619,51 @@ def _needed(nodes: list[Node]) -> set[str]:
         needed.add(name)
         todo.extend(by_name[name].inputs)
     return needed
+
+
+def _plan_layouts(nodes: list[Node], needed: set[str]) -> None:
+    """Let the convs that can hand on channels-last maps do so where every reader of their
+    output takes one as fast as a plain map (:mod:`poolcli.kernels.channels_last`): the 1x1 and
+    depthwise convs of mobile blocks, read by a depthwise conv, a 1x1 conv (as its input, or as
+    the residual of a 1x1 conv that hands on such a map itself), the global mean of a
+    squeeze-excitation or its product with the gate (whose readers take it in turn). The last
+    stage's output is always a plain map."""
+    from poolcli.stages.arithmetic import Mul
+    from poolcli.stages.conv import Conv
+    from poolcli.stages.pool import AdaptiveAvgPool
+
+    readers: dict[str, list[tuple[Node, int]]] = {}
+    for node in nodes:
+        if node.name in needed:
+            for position, name in enumerate(node.inputs):
+                readers.setdefault(name, []).append((node, position))
+
+    @functools.lru_cache(maxsize=None)
+    def taken(name: str) -> bool:
+        return name != nodes[-1].name and name in readers and all(map(reads, *zip(*readers[name])))
+
+    def reads(node: Node, position: int) -> bool:
+        stage = node.stage
+        if isinstance(stage, Conv):  # a 1x1 conv adds a channels-last residual into its own such output
+            return stage.pointwise or stage.depthwise if position == 0 else stage.pointwise and hands_on(node)
+        if isinstance(stage, AdaptiveAvgPool):
+            return tuple(stage.output_size) == (1, 1)
+        return isinstance(stage, Mul) and stage.activation.fn == "none" and taken(node.name)
+
+    def hands_on(node: Node) -> bool:
+        stage = node.stage
+        return ((stage.depthwise or stage.pointwise) and stage.activation.kernel_arguments is not None
+                and taken(node.name))
+
+    for node in nodes:
+        if node.name in needed and isinstance(node.stage, Conv) and (node.stage.depthwise or node.stage.pointwise):
+            node.stage.hand_on_pixels(hands_on(node))
+
+
+def _settled(x: np.ndarray) -> bool:
+    """Whether a stage's output is kept as it is: float32, C-contiguous or channels-last."""
+    return x.dtype == np.float32 and (x.flags.c_contiguous
+                                      or x.ndim == 3 and x.transpose(1, 2, 0).flags.c_contiguous)
 
 
 def _unshared(x: np.ndarray) -> bool:

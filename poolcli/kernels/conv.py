@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from poolcli.kernels import FASTMATH, blas, winograd
+from poolcli.kernels import FASTMATH, blas, channels_last, winograd
 from poolcli.kernels.elementwise import activate_inplace, activate_row, activate_serial
 
 OUT_BLOCK = 8  # output channels per task
@@ -425,7 +425,7 @@ def _depthwise_row(acc, n, planes, taps, y, dw, sh, sw, plane, cols, p0):
 
 @njit(parallel=True, cache=True, error_model="numpy", nogil=True, fastmath=FASTMATH)
 def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, beta, out, cols, tile, parts, gather,
-                workers):
+                workers, pixel_rows):
     """``out[g * O_g + o] = act(sum_k matrix[g, o, k] * planes[offsets[g, k] + p] + bias + residual)``
     for each grid position ``p = oy * cols + ox`` with ``ox < out_w``: a grouped convolution as
     matrix products by BLAS's ``sgemm`` (:func:`poolcli.kernels.blas.sgemm`), called from each of
@@ -434,7 +434,9 @@ def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, bet
     A task is one group's rows ``[o0, o0 + O_g / parts)`` for grid positions ``[p0, p0 + tile)``.
     With ``gather`` it copies that tile's tap matrix (im2col: ``taps`` rows, each a contiguous run
     of ``planes``) into its worker's buffer, then multiplies; without, ``planes`` already is the
-    (taps, positions) matrix (a 1x1 convolution's map) and ``offsets`` is unused. The product
+    (taps, positions) matrix (a 1x1 convolution's map), or with ``pixel_rows`` the (positions,
+    taps) one (a channels-last map: BLAS reads it as the transposed operand), and ``offsets`` is
+    unused. The product
     goes straight into ``out`` where the grid has no dropped columns (``cols == out_w``), else into
     the worker's tile of the grid; either way, while the tile is still in cache, the epilogue adds
     the bias and ``residual`` (O, out_h, out_w; empty for none), applies activation ``code`` (an
@@ -468,14 +470,16 @@ def gemm_planes(sgemm, planes, matrix, offsets, bias, residual, code, alpha, bet
                 for k in range(taps):
                     start = offsets[g, k] + p0
                     image[k * n : (k + 1) * n] = planes[start : start + n]
-                b, ldb = image.ctypes.data, n
+                b, ldb, trans_b = image.ctypes.data, n, NO_TRANS
+            elif pixel_rows:
+                b, ldb, trans_b = planes[p0 * taps :].ctypes.data, taps, TRANS
             else:
-                b, ldb = planes[p0:].ctypes.data, positions
+                b, ldb, trans_b = planes[p0:].ctypes.data, positions, NO_TRANS
             if in_place:
                 c, ldc = flat[first, p0:].ctypes.data, positions
             else:
                 c, ldc = product.ctypes.data, n
-            sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, taps, np.float32(1), matrix[g, o0:].ctypes.data, taps, b, ldb,
+            sgemm(ROW_MAJOR, NO_TRANS, trans_b, m, n, taps, np.float32(1), matrix[g, o0:].ctypes.data, taps, b, ldb,
                   np.float32(0), c, ldc)
             _finish_task(out, flat, product, in_place, first, m, n, p0, bias, residual, with_residual, cols, code,
                          alpha, beta)
@@ -574,7 +578,7 @@ def _epilogue(out_plane, src, bias, residual_plane, with_residual, p0, cols, cod
         oy += 1
 
 
-ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS's enums
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums
 
 
 TILE = 256  # output positions per task of gemm_planes, at the least
@@ -627,7 +631,7 @@ def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, 
     tile, parts = split_tasks(groups, per_group, taps, positions, threads)
     with blas.one_thread():
         gemm_planes(blas.sgemm(), planes, matrix, offsets, bias, residual, *activation, out, cols, tile, parts, True,
-                    threads)
+                    threads, False)
     return out
 
 
@@ -685,24 +689,30 @@ def conv2d_winograd(x, weights, bias, pads, mode, out_hw, residual, activation, 
 
 def pointwise(x, matrix, bias, stride, residual, activation, threads, out=None):
     """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
-    map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue."""
+    map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue.
+    ``x`` may be channels-last (:mod:`~poolcli.kernels.channels_last`), read where it lies."""
+    from_pixels = channels_last.is_channels_last(x)
     if stride != (1, 1):
-        x = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]])
+        x, from_pixels = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]]), False
     channels, out_h, out_w = x.shape
-    out = np.empty((matrix.shape[1], out_h, out_w), np.float32) if out is None else out
-    if _small_product(matrix.shape[1], channels, out_h * out_w):  # one call, no threads
-        product = matrix[0] @ x.reshape(channels, -1)  # not into out, which may be the residual
+    positions = out_h * out_w
+    flat = channels_last.pixels(x).reshape(-1) if from_pixels else x.reshape(-1)
+    if _small_product(matrix.shape[1], channels, positions):  # one call, no threads
+        columns = flat.reshape(positions, channels).T if from_pixels else flat.reshape(channels, positions)
+        product = matrix[0] @ columns  # not into out, which may be the residual
         product += bias[:, None]
         if residual.size:
             product += residual.reshape(product.shape)
         activate_serial(product.reshape(-1), *activation)
+        out = np.empty((matrix.shape[1], out_h, out_w), np.float32) if out is None else out
         out[...] = product.reshape(out.shape)
         return out
-    tile = product_tile(matrix.shape[1], out_h * out_w, threads)
-    parts = channel_parts(1, matrix.shape[1], -(-out_h * out_w // tile), threads)
+    tile = product_tile(matrix.shape[1], positions, threads)
+    parts = channel_parts(1, matrix.shape[1], -(-positions // tile), threads)
+    out = np.empty((matrix.shape[1], out_h, out_w), np.float32) if out is None else out
     with blas.one_thread():
-        gemm_planes(blas.sgemm(), x.reshape(-1), matrix, NO_OFFSETS, bias, residual, *activation, out, out_w, tile,
-                    parts, False, threads)
+        gemm_planes(blas.sgemm(), flat, matrix, NO_OFFSETS, bias, residual, *activation, out, out_w, tile,
+                    parts, False, threads, from_pixels)
     return out
 
 
@@ -785,6 +795,16 @@ class Prepared:
     data: np.ndarray  # pointwise: (1, O, C); gemm: (groups, O/groups, taps); shifted: (groups, kh * kw, O/groups,
     # C/groups); depthwise: (O, kh, kw); winograd: (36, O, C); else pack_weights's
     bias: np.ndarray  # float32 (O,)
+
+    @functools.cached_property
+    def columns(self) -> np.ndarray:
+        """A 1x1 conv's weights as :func:`channels_last.pointwise` reads them, (C, O)."""
+        return np.ascontiguousarray(self.data[0].T)
+
+    @functools.cached_property
+    def pixel_taps(self) -> np.ndarray:
+        """A depthwise conv's weights as :func:`channels_last.depthwise` reads them, (kh, kw, O)."""
+        return np.ascontiguousarray(self.data.transpose(1, 2, 0))
 
     def tap_offsets(self, stride, dilation, rows: int, cols: int) -> np.ndarray:
         """:func:`tap_offsets` as this method reads them, for planes of ``rows x cols``."""
@@ -912,7 +932,7 @@ NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
 
 
 def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offsets=None, residual=None,
-             activation=None, threads=1, into_residual=False):
+             activation=None, threads=1, into_residual=False, to_pixels=False):
     """``activation(conv(x) + bias + residual)`` of a writable C-contiguous float32 (C, H, W) map
     by :func:`prepare`'s weights, = torch conv2d after padding ``x`` by ``pads`` (top, bottom,
     left, right) in ``mode``. ``offsets``: :func:`tap_offsets` for this map's size (computed when
@@ -920,14 +940,28 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     ``ACTIVATIONS`` and its parameters (None: none). ``threads``: the calling thread's Numba
     threads (the matrix products split their work for as many). ``into_residual``: the result
     may be written over ``residual`` (a writable map no one reads afterwards), one map less in
-    memory; the methods whose epilogue adds the residual do so."""
+    memory; the methods whose epilogue adds the residual do so.
+
+    ``x`` may also be channels-last (:mod:`~poolcli.kernels.channels_last`): a 1x1 conv reads it
+    where it lies, a depthwise conv of zero padding computes on its pixels and hands on a
+    channels-last map, the others read a C-contiguous copy. ``to_pixels``: a 1x1 conv of stride 1
+    hands on a channels-last map as well (its readers take one), where its residual, if any, is
+    channels-last too."""
     activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
+    if (prepared.method == "pointwise" and to_pixels and tuple(stride) == (1, 1)
+            and not _small_product(*prepared.shape[:2], x.shape[1] * x.shape[2])
+            and (residual is None or channels_last.is_channels_last(residual))):
+        return channels_last.pointwise(x, prepared.columns, prepared.bias, residual, activation, threads)
     residual = NO_RESIDUAL if residual is None else np.require(residual, np.float32, "C")
     out = residual if into_residual and residual.size and residual.flags.writeable else None
     if out is not None and np.may_share_memory(out, x):  # the 1x1 and depthwise kernels read x as they write
         out = None
     if prepared.method == "pointwise":
         return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads, out)
+    if channels_last.is_channels_last(x):
+        if prepared.method == "depthwise" and depthwise_on_pixels(prepared, mode, residual):
+            return channels_last.depthwise(x, prepared.pixel_taps, prepared.bias, pads, stride, dilation, out_hw, activation)
+        x = np.ascontiguousarray(x)
     if prepared.method == "winograd":
         return conv2d_winograd(x, prepared.data, prepared.bias, pads, mode, out_hw, residual, activation, threads,
                                out)
@@ -950,6 +984,12 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     if activation[0] != 0:
         activate_inplace(out, *activation)
     return out
+
+
+def depthwise_on_pixels(prepared: Prepared, mode: str, residual: np.ndarray) -> bool:
+    """Whether :func:`channels_last.depthwise` computes the conv: one output per input channel,
+    zero padding, no residual."""
+    return prepared.shape[0] == prepared.groups and mode == "zeros" and not residual.size
 
 
 def conv2d(x, packed, weight_shape, bias, pads, mode, stride, dilation, groups, out_hw, offsets=None,

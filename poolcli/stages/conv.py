@@ -19,6 +19,7 @@ from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, 
 from poolcli.stages.geometry import Window, axis_padding, pooled_size
 
 kernels = kernel_module("conv")
+layout = kernel_module("channels_last")
 
 
 def _is_weights(filters: str) -> bool:
@@ -148,6 +149,7 @@ class Conv(Stage):
     _weights: HeldArray | None = PrivateAttr(None)  # .npy weights
     _bias: HeldArray | None = PrivateAttr(None)
     _derived: DerivedCache = PrivateAttr(default_factory=DerivedCache)
+    _to_pixels: bool = PrivateAttr(False)  # hand on channels-last maps (Pipeline._plan_layouts)
 
     # --- validation -----------------------------------------------------------------------
 
@@ -398,6 +400,27 @@ class Conv(Stage):
     def receptive_field(self, rf, shape, residual=None):
         return rf.through(self._window.effective, self.stride)
 
+    # --- layouts -------------------------------------------------------------------------------
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1 conv of weights, stride 1, no padding or groups: a matrix product that reads and
+        writes channels-last maps as fast as plain ones."""
+        return (self._weights is not None and self.groups == 1 and tuple(self.kernel) == (1, 1)
+                and tuple(self.stride) == (1, 1) and self._pads(8, 8) == (0, 0, 0, 0))
+
+    @property
+    def depthwise(self) -> bool:
+        """A conv of weights, one output per input channel, zero padding, no residual: it runs on
+        the pixels of a channels-last map, and hands one on."""
+        return (self._weights is not None and self.groups > 1 and self._weights.array.shape[:2] == (self.groups, 1)
+                and self.padding_mode == "zeros" and self.residual is None)
+
+    def hand_on_pixels(self, on: bool = True) -> None:
+        """Let this conv hand on channels-last maps, where its method makes them (a 1x1 conv
+        without residual, a depthwise conv of a channels-last map): every reader takes them."""
+        self._to_pixels = on and self.activation.kernel_arguments is not None
+
     # --- applying ------------------------------------------------------------------------------
 
     def __call__(self, x, residual=None, into_residual=False):
@@ -410,12 +433,14 @@ class Conv(Stage):
         if mean:
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
-        # read-only arrays apart).
-        x = np.require(x, np.float32, "CW")
+        # read-only arrays apart), unless channels-last (the 1x1 and depthwise kernels read it).
+        if not layout.is_channels_last(x):
+            x = np.require(x, np.float32, "CW")
         fused = self.activation.kernel_arguments
         out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, out_hw, offsets,
                                residual, fused, threads=_kernel_threads(),
-                               into_residual=into_residual and fused is not None)
+                               into_residual=into_residual and fused is not None,
+                               to_pixels=self._to_pixels and fused is not None)
         return out if fused is not None else self.activation.apply(out, inplace=True)
 
     def _plan(self, shape):

@@ -101,9 +101,14 @@ class Activation(Model):
             return np.where(x < 0, x * slope, x).astype(np.float32)
         code = kernels.ACTIVATIONS.index(self.fn)
         if inplace:
-            kernels.activate_inplace(x, code, *self.arguments)
+            # A channels-last map's pixels are the same values, C-contiguous.
+            kernels.activate_inplace(x.transpose(1, 2, 0) if _channels_last(x) else x, code, *self.arguments)
             return x
         return kernels.activate(x, code, *self.arguments)
+
+
+def _channels_last(x: np.ndarray) -> bool:
+    return not x.flags.c_contiguous and x.ndim == 3 and x.transpose(1, 2, 0).flags.c_contiguous
 
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:
