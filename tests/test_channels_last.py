@@ -165,9 +165,11 @@ def _mobile_block(tmp_path, residual=True):
 
 
 def _plain(pipeline: Pipeline) -> Pipeline:
+    """The pipeline with plain maps only, and every product of a gate made."""
     for node in pipeline.nodes:
         if hasattr(node.stage, "hand_on_pixels"):
             node.stage.hand_on_pixels(False)
+    pipeline._gates = frozenset()
     return pipeline
 
 
@@ -216,3 +218,29 @@ def test_a_mobile_block_is_torchs(tmp_path):
         return y.mean(dim=(2, 3))
 
     np.testing.assert_allclose(pipeline(x), run(reference, x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_gates_product_is_folded_into_the_projection_it_feeds(tmp_path):
+    """The squeeze-excitation's product, read by the 1x1 projection alone, is never made: the
+    projection scales its weights by the gate. Read by another stage as well, it is made."""
+    config, _, _ = _mobile_block(tmp_path)
+    names = [node.name for node in Pipeline.from_config(config).nodes]
+    assert Pipeline.from_config(config)._gates == {names.index("gate")}
+    also = {"stages": [*config["stages"], {"type": "add", "name": "both", "from": ["pooled", "pooled"]},
+                       {"type": "global_avg_pool", "name": "other", "from": "gate"},
+                       {"type": "add", "name": "end", "from": ["both", "other"]}]}
+    assert Pipeline.from_config(also)._gates == frozenset()
+
+
+@pytest.mark.parametrize("method", ["pointwise", "direct", "gemm"])
+@pytest.mark.parametrize("to_pixels", [False, True])
+def test_a_gated_1x1_conv_is_the_conv_of_the_gated_map(method, to_pixels):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 12, 14)).astype(np.float32)
+    gate = rng.random(40).astype(np.float32)
+    weight = rng.standard_normal((24, 40, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    prepared = kernels.prepare(weight, bias, 1, (0, 0, 0, 0), method)
+    out = kernels.convolve(_pixels_of(x), prepared, (0, 0, 0, 0), "zeros", (1, 1), (1, 1), (12, 14), threads=2,
+                           to_pixels=to_pixels, gate=gate)
+    np.testing.assert_allclose(out, naive_conv2d(x * gate[:, None, None], weight, bias), rtol=1e-4, atol=1e-4)

@@ -26,6 +26,7 @@ proves that the rows do not overlap and vectorises the pass without run-time ove
 a map's last span keeps the checks).
 """
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -637,6 +638,7 @@ def conv2d_gemm(x, matrix, bias, pads, mode, stride, out_hw, offsets, residual, 
 
 PRODUCT_TILE_BYTES = 1 << 22  # a task's product tile at the most, where no im2col tile shares the cache
 LONGEST_TILE = 4096
+SHORTEST_TILE = 64
 
 
 def product_tile(per_group: int, positions: int, threads: int) -> int:
@@ -647,9 +649,12 @@ def product_tile(per_group: int, positions: int, threads: int) -> int:
     the L2 cache for the epilogue, and between taps) and every thread still gets a task. More
     tiles than threads are rounded down to a multiple of the threads (longer tiles, every thread
     as many): 5 tiles on 2 threads kept one thread idle for a fifth of ConvNeXt's 96 -> 384 at
-    112x112 (7.4 ms; 4 tiles 6.0, 6 tiles 6.2, measured on 2 threads)."""
+    112x112 (7.4 ms; 4 tiles 6.0, 6 tiles 6.2, measured on 2 threads). A small map is split
+    into tiles as short as :data:`SHORTEST_TILE` for every thread to get one: MobileNetV2's
+    960 -> 160 at 14x14 was one task of 196 positions on one of two threads (0.64 ms; 2 tiles
+    0.39)."""
     longest = max(TILE, min(LONGEST_TILE, PRODUCT_TILE_BYTES // (4 * per_group)))
-    tiles = max(-(-positions // longest), min(threads, -(-positions // TILE)))
+    tiles = max(-(-positions // longest), min(threads, -(-positions // SHORTEST_TILE)))
     if tiles > threads:
         tiles = tiles // threads * threads
     return -(-(-(-positions // tiles)) // VECTOR) * VECTOR
@@ -796,6 +801,16 @@ class Prepared:
     # C/groups); depthwise: (O, kh, kw); winograd: (36, O, C); else pack_weights's
     bias: np.ndarray  # float32 (O,)
 
+    def gated(self, gate: np.ndarray, columns: bool) -> "Prepared":
+        """A 1x1 conv's weights times a (C,) gate on its input channels: the conv of ``gate * x``;
+        only its :attr:`columns` with ``columns`` (one pass over the weights, in their order)."""
+        gate = gate.astype(np.float32)
+        if columns:
+            gated = dataclasses.replace(self)
+            gated.__dict__["columns"] = self.columns * gate[:, None]
+            return gated
+        return dataclasses.replace(self, data=self.data * gate[None, None, :])
+
     @functools.cached_property
     def columns(self) -> np.ndarray:
         """A 1x1 conv's weights as :func:`channels_last.pointwise` reads them, (C, O)."""
@@ -932,7 +947,7 @@ NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
 
 
 def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offsets=None, residual=None,
-             activation=None, threads=1, into_residual=False, to_pixels=False):
+             activation=None, threads=1, into_residual=False, to_pixels=False, gate=None):
     """``activation(conv(x) + bias + residual)`` of a writable C-contiguous float32 (C, H, W) map
     by :func:`prepare`'s weights, = torch conv2d after padding ``x`` by ``pads`` (top, bottom,
     left, right) in ``mode``. ``offsets``: :func:`tap_offsets` for this map's size (computed when
@@ -946,11 +961,18 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     where it lies, a depthwise conv of zero padding computes on its pixels and hands on a
     channels-last map, the others read a C-contiguous copy. ``to_pixels``: a 1x1 conv of stride 1
     hands on a channels-last map as well (its readers take one), where its residual, if any, is
-    channels-last too."""
+    channels-last too. ``gate``: (C,) factors of the input channels, the conv of ``gate * x``
+    (a 1x1 conv folds them into its weights)."""
     activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
-    if (prepared.method == "pointwise" and to_pixels and tuple(stride) == (1, 1)
+    rows = (prepared.method == "pointwise" and to_pixels and tuple(stride) == (1, 1)
             and not _small_product(*prepared.shape[:2], x.shape[1] * x.shape[2])
-            and (residual is None or channels_last.is_channels_last(residual))):
+            and (residual is None or channels_last.is_channels_last(residual)))
+    if gate is not None:
+        if prepared.method == "pointwise":
+            prepared = prepared.gated(gate, columns=rows)
+        else:
+            x = np.ascontiguousarray(x * gate.astype(np.float32)[:, None, None])
+    if rows:
         return channels_last.pointwise(x, prepared.columns, prepared.bias, residual, activation, threads)
     residual = NO_RESIDUAL if residual is None else np.require(residual, np.float32, "C")
     out = residual if into_residual and residual.size and residual.flags.writeable else None

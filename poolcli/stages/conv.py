@@ -423,9 +423,10 @@ class Conv(Stage):
 
     # --- applying ------------------------------------------------------------------------------
 
-    def __call__(self, x, residual=None, into_residual=False):
+    def __call__(self, x, residual=None, into_residual=False, gate=None):
         """The conv of ``x``; ``into_residual``: the result may be written over ``residual``
-        (the caller reads it no more)."""
+        (the caller reads it no more); ``gate``: (C,) factors of the input's channels, the conv
+        of ``gate * x`` (a squeeze-excitation's product, folded into a 1x1 conv's weights)."""
         plan = self._derived.get(("plan", x.shape))
         if plan is None:
             plan = self._derive(("plan", x.shape), lambda: self._plan(x.shape))
@@ -440,7 +441,7 @@ class Conv(Stage):
         out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, out_hw, offsets,
                                residual, fused, threads=_kernel_threads(),
                                into_residual=into_residual and fused is not None,
-                               to_pixels=self._to_pixels and fused is not None)
+                               to_pixels=self._to_pixels and fused is not None, gate=gate)
         return out if fused is not None else self.activation.apply(out, inplace=True)
 
     def _plan(self, shape):
