@@ -633,22 +633,28 @@ def _needed(nodes: list[Node]) -> set[str]:
     return needed
 
 
-def _plan_layouts(nodes: list[Node], needed: set[str]) -> None:
-    """Let the convs that can hand on channels-last maps do so where every reader of their
-    output takes one as fast as a plain map (:mod:`poolcli.kernels.channels_last`): the 1x1 and
-    depthwise convs of mobile blocks, read by a depthwise conv, a 1x1 conv (as its input, or as
-    the residual of a 1x1 conv that hands on such a map itself), the global mean of a
-    squeeze-excitation or its product with the gate (whose readers take it in turn). The last
-    stage's output is always a plain map."""
-    from poolcli.stages.arithmetic import Mul
-    from poolcli.stages.conv import Conv
-    from poolcli.stages.pool import AdaptiveAvgPool
-
+def _readers(nodes: list[Node], needed: set[str]) -> dict[str, list[tuple[Node, int]]]:
+    """For each map, the needed stages that read it and where among their inputs."""
     readers: dict[str, list[tuple[Node, int]]] = {}
     for node in nodes:
         if node.name in needed:
             for position, name in enumerate(node.inputs):
                 readers.setdefault(name, []).append((node, position))
+    return readers
+
+
+def _plan_layouts(nodes: list[Node], needed: set[str]) -> None:
+    """Let the convs that can hand on channels-last maps do so where every reader of their
+    output takes one as fast as a plain map (:mod:`poolcli.kernels.channels_last`): the 1x1 and
+    depthwise convs of mobile blocks, read by a depthwise conv, a 1x1 conv (as its input, or as
+    the residual of a 1x1 conv that hands on such a map itself), the global mean of a
+    squeeze-excitation or its product with the gate (whose readers take it in turn); a 1x1 conv
+    only where some reader gains by it. The last stage's output is always a plain map."""
+    from poolcli.stages.arithmetic import Mul
+    from poolcli.stages.conv import Conv
+    from poolcli.stages.pool import AdaptiveAvgPool
+
+    readers = _readers(nodes, needed)
 
     @functools.lru_cache(maxsize=None)
     def taken(name: str) -> bool:
@@ -657,19 +663,27 @@ def _plan_layouts(nodes: list[Node], needed: set[str]) -> None:
     def reads(node: Node, position: int) -> bool:
         stage = node.stage
         if isinstance(stage, Conv):  # a 1x1 conv adds a channels-last residual into its own such output
-            return stage.pointwise or stage.depthwise if position == 0 else stage.pointwise and hands_on(node)
+            return stage.pointwise or stage.depthwise if position == 0 else stage.pointwise and hands_on(node.name)
         if isinstance(stage, AdaptiveAvgPool):
             return tuple(stage.output_size) == (1, 1)
         return isinstance(stage, Mul) and stage.activation.fn == "none" and taken(node.name)
 
-    def hands_on(node: Node) -> bool:
-        stage = node.stage
-        return ((stage.depthwise or stage.pointwise) and stage.activation.kernel_arguments is not None
-                and taken(node.name))
+    @functools.lru_cache(maxsize=None)
+    def hands_on(name: str) -> bool:
+        stage = by_name[name].stage
+        gain = stage.depthwise or stage.pointwise and any(gains(*reader) for reader in readers.get(name, ()))
+        return gain and stage.activation.kernel_arguments is not None and taken(name)
 
+    def gains(node: Node, position: int) -> bool:
+        """Whether a reader gains by channels-last: not a 1x1 conv that writes a plain map (it
+        reads pixel rows a little slower than a plain map: ConvNeXt's 1x1 pairs gain nothing)."""
+        stage = node.stage
+        return not isinstance(stage, Conv) or stage.depthwise or hands_on(node.name)
+
+    by_name = {node.name: node for node in nodes}
     for node in nodes:
         if node.name in needed and isinstance(node.stage, Conv) and (node.stage.depthwise or node.stage.pointwise):
-            node.stage.hand_on_pixels(hands_on(node))
+            node.stage.hand_on_pixels(hands_on(node.name))
 
 
 class Gated(NamedTuple):
@@ -691,17 +705,13 @@ def _gated(a: np.ndarray, b: np.ndarray) -> Gated | None:
 def _foldable_gates(nodes: list[Node], needed: set[str]) -> frozenset[int]:
     """The squeeze-excitation products (``mul`` of two earlier maps, no activation) whose one
     reader is a 1x1 conv of stride 1 without padding or groups: that conv scales its weights by
-    the gate (``W diag(g) x = W (g x)``), and the product of the whole map is never made. A
-    pass over the block's widest map less: EfficientNet-B0's 16 such products took 8-10 ms of
-    its 60 at 448x448 (2 threads)."""
+    the gate (``W diag(g) x = W (g x)``), and the product of the whole map is never made: a
+    pass over the block's widest map less (EfficientNet-B0's 16 products took 2.2-2.7 ms of its
+    40 at 448x448 on 2 threads; their folding 0.2 ms of its 1x1 convs' time)."""
     from poolcli.stages.arithmetic import Mul
     from poolcli.stages.conv import Conv
 
-    readers: dict[str, list[tuple[Node, int]]] = {}
-    for node in nodes:
-        if node.name in needed:
-            for position, name in enumerate(node.inputs):
-                readers.setdefault(name, []).append((node, position))
+    readers = _readers(nodes, needed)
     folded = set()
     for index, node in enumerate(nodes):
         found = readers.get(node.name, [])

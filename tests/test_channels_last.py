@@ -220,6 +220,17 @@ def test_a_mobile_block_is_torchs(tmp_path):
     np.testing.assert_allclose(pipeline(x), run(reference, x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_1x1_conv_read_by_a_1x1_conv_that_writes_a_plain_map_keeps_its_map_plain(tmp_path):
+    """ConvNeXt's pair of 1x1 convs: the second writes a plain map (its reader is a mean), so
+    the first gains nothing by pixel rows, and hands on a plain map."""
+    config, _, _ = _mobile_block(tmp_path)
+    stages = {stage["name"]: stage for stage in config["stages"]}
+    pair = {"stages": [stages["stem"], stages["expand"], {**stages["project"], "residual": None},
+                       {"type": "global_avg_pool", "name": "pooled"}]}
+    pipeline = Pipeline.from_config(pair)
+    assert not any(getattr(node.stage, "_to_pixels", False) for node in pipeline.nodes)
+
+
 def test_the_gates_product_is_folded_into_the_projection_it_feeds(tmp_path):
     """The squeeze-excitation's product, read by the 1x1 projection alone, is never made: the
     projection scales its weights by the gate. Read by another stage as well, it is made."""
