@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from poolcli.heap import keep_freed_memory
+from poolcli.layout import is_channels_last
 from poolcli.config import PipelineConfig, line_of, load_config, open_weights, read_config_file
 from poolcli.errors import ConfigError, ShapeError
 from poolcli.stages import STAGES, ReceptiveField, Stage, build_stage
@@ -725,8 +726,7 @@ def _foldable_gates(nodes: list[Node], needed: set[str]) -> frozenset[int]:
 
 def _settled(x: np.ndarray) -> bool:
     """Whether a stage's output is kept as it is: float32, C-contiguous or channels-last."""
-    return x.dtype == np.float32 and (x.flags.c_contiguous
-                                      or x.ndim == 3 and x.transpose(1, 2, 0).flags.c_contiguous)
+    return x.dtype == np.float32 and (x.flags.c_contiguous or is_channels_last(x))
 
 
 def _unshared(x: np.ndarray) -> bool:

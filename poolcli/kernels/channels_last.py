@@ -12,7 +12,7 @@ convs around it read and write that layout for free: BLAS multiplies a transpose
 fast as a plain one, so the expansion writes its product as (H'W', O) rows and the projection
 reads them as the transposed matrix.
 
-:func:`is_channels_last` tells the layout apart; the pipeline decides which convs hand on
+:func:`poolcli.layout.is_channels_last` tells the layout apart; the pipeline decides which convs hand on
 channels-last maps (those whose every reader takes them, ``Pipeline._plan_layouts``).
 """
 
@@ -21,25 +21,10 @@ from numba import njit, prange
 
 from poolcli.kernels import FASTMATH
 from poolcli.kernels.elementwise import activate_row
+from poolcli.layout import as_map, is_channels_last, pixels
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums
 ACTIVATION_RUN = 2048  # values per call of the activation in a 1x1 conv's epilogue, about
-
-
-def is_channels_last(x: np.ndarray) -> bool:
-    """Whether ``x`` (C, H, W), C > 1, is a view of a C-contiguous (H, W, C) array."""
-    return (x.ndim == 3 and x.shape[0] > 1 and not x.flags.c_contiguous and x.dtype == np.float32
-            and x.transpose(1, 2, 0).flags.c_contiguous)
-
-
-def pixels(x: np.ndarray) -> np.ndarray:
-    """The (H, W, C) array under a channels-last (C, H, W) map."""
-    return x.transpose(1, 2, 0)
-
-
-def as_map(hwc: np.ndarray) -> np.ndarray:
-    """The (C, H, W) map of a C-contiguous (H, W, C) array (a view)."""
-    return hwc.transpose(2, 0, 1)
 
 
 # --- depthwise ------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from numba import njit, prange
 
 from poolcli.kernels import FASTMATH, blas, channels_last, winograd
 from poolcli.kernels.elementwise import activate_inplace, activate_row, activate_serial
+from poolcli.layout import is_channels_last, pixels
 
 OUT_BLOCK = 8  # output channels per task
 TAPS = 4  # taps per pass over a span
@@ -696,12 +697,12 @@ def pointwise(x, matrix, bias, stride, residual, activation, threads, out=None):
     """A 1x1 convolution without padding or groups, ``matrix`` (1, O, C): the product with the
     map (every stride-th pixel) as a (C, H'W') matrix, by :func:`gemm_planes` with its epilogue.
     ``x`` may be channels-last (:mod:`~poolcli.kernels.channels_last`), read where it lies."""
-    from_pixels = channels_last.is_channels_last(x)
+    from_pixels = is_channels_last(x)
     if stride != (1, 1):
         x, from_pixels = np.ascontiguousarray(x[:, :: stride[0], :: stride[1]]), False
     channels, out_h, out_w = x.shape
     positions = out_h * out_w
-    flat = channels_last.pixels(x).reshape(-1) if from_pixels else x.reshape(-1)
+    flat = pixels(x).reshape(-1) if from_pixels else x.reshape(-1)
     if _small_product(matrix.shape[1], channels, positions):  # one call, no threads
         columns = flat.reshape(positions, channels).T if from_pixels else flat.reshape(channels, positions)
         product = matrix[0] @ columns  # not into out, which may be the residual
@@ -966,7 +967,7 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
     activation = (0, np.float32(0), np.float32(0)) if activation is None else activation
     rows = (prepared.method == "pointwise" and to_pixels and tuple(stride) == (1, 1)
             and not _small_product(*prepared.shape[:2], x.shape[1] * x.shape[2])
-            and (residual is None or channels_last.is_channels_last(residual)))
+            and (residual is None or is_channels_last(residual)))
     if gate is not None:
         if prepared.method == "pointwise":
             prepared = prepared.gated(gate, columns=rows)
@@ -980,7 +981,7 @@ def convolve(x, prepared: Prepared, pads, mode, stride, dilation, out_hw, offset
         out = None
     if prepared.method == "pointwise":
         return pointwise(x, prepared.data, prepared.bias, stride, residual, activation, threads, out)
-    if channels_last.is_channels_last(x):
+    if is_channels_last(x):
         if prepared.method == "depthwise" and depthwise_on_pixels(prepared, mode, residual):
             return channels_last.depthwise(x, prepared.pixel_taps, prepared.bias, pads, stride, dilation, out_hw, activation)
         x = np.ascontiguousarray(x)

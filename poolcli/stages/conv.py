@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from poolcli.config import PositiveInt, padding_spec, pair
 from poolcli.errors import ShapeError
+from poolcli.layout import is_channels_last
 from poolcli.stages.arrays import ArrayValue, HeldArray, array_check, is_npy, stage_array, weights_file
 from poolcli.stages.base import ReceptiveField, Stage, kernel_module, register_stage
 from poolcli.stages.elementwise import ACTIVATION_FIELD, ActivationValue
@@ -19,7 +20,6 @@ from poolcli.stages.filters import BANKS, check_bank_size, default_kernel_size, 
 from poolcli.stages.geometry import Window, axis_padding, pooled_size
 
 kernels = kernel_module("conv")
-layout = kernel_module("channels_last")
 
 
 def _is_weights(filters: str) -> bool:
@@ -435,7 +435,7 @@ class Conv(Stage):
             x = np.mean(x, axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         # Writable C-contiguous float32, so that Numba compiles the kernel once (it types
         # read-only arrays apart), unless channels-last (the 1x1 and depthwise kernels read it).
-        if not layout.is_channels_last(x):
+        if not is_channels_last(x):
             x = np.require(x, np.float32, "CW")
         fused = self.activation.kernel_arguments
         out = kernels.convolve(x, prepared, pads, self.padding_mode, self.stride, self.dilation, out_hw, offsets,

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, ValidationInfo, WithJs
 
 from poolcli.config import Model
 from poolcli.errors import ShapeError
+from poolcli.layout import is_channels_last, pixels
 from poolcli.stages.arrays import ArrayValue, HeldArray, array_check, stage_array
 from poolcli.stages.base import Stage, kernel_module, register_stage
 
@@ -102,13 +103,9 @@ class Activation(Model):
         code = kernels.ACTIVATIONS.index(self.fn)
         if inplace:
             # A channels-last map's pixels are the same values, C-contiguous.
-            kernels.activate_inplace(x.transpose(1, 2, 0) if _channels_last(x) else x, code, *self.arguments)
+            kernels.activate_inplace(pixels(x) if is_channels_last(x) else x, code, *self.arguments)
             return x
         return kernels.activate(x, code, *self.arguments)
-
-
-def _channels_last(x: np.ndarray) -> bool:
-    return not x.flags.c_contiguous and x.ndim == 3 and x.transpose(1, 2, 0).flags.c_contiguous
 
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:

@@ -18,10 +18,11 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, mo
 from poolcli.config import PositiveInt, padding_spec, pair
 from poolcli.stages.base import GLOBAL, Stage, kernel_module, register_stage
 from poolcli.errors import ShapeError
+from poolcli.layout import is_channels_last, pixels
 from poolcli.stages.geometry import Window, adaptive_bins, axis_padding, pooled_size
 
 kernels = kernel_module("pool")
-layout = kernel_module("channels_last")
+layout_kernels = kernel_module("channels_last")
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -285,8 +286,8 @@ def _bin_taps(size: int, bins: int) -> int:
 
 def adaptive_pool(x: np.ndarray, out_hw: tuple[int, int], pool: str) -> np.ndarray:
     """``adaptive_max_pool`` or ``adaptive_avg_pool`` (``pool``: max, avg) of a (C, H, W) map."""
-    if pool == "avg" and tuple(out_hw) == (1, 1) and layout.is_channels_last(x):  # a squeeze-excitation's
-        return layout.mean_pixels(layout.pixels(x))
+    if pool == "avg" and tuple(out_hw) == (1, 1) and is_channels_last(x):  # a squeeze-excitation's
+        return layout_kernels.mean_pixels(pixels(x))
     x = _contiguous(x)
     kernel = kernels.adaptive_max_pool if pool == "max" else kernels.adaptive_avg_pool
     return kernel(x, _bins(x.shape[1], out_hw[0]), _bins(x.shape[2], out_hw[1]))
